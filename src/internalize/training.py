@@ -1,0 +1,93 @@
+"""Training: one readable loop that fits the student (input alone) to the teacher's distributions.
+
+Setup (AdamW over the trainable parameters, warmup then cosine or constant schedule), loop
+(micro-batches with gradient accumulation, clipping, a tqdm bar showing the loss), and a loss
+history the report plots. The teacher is not run here: its distributions were computed by
+``teacher.teach`` before training.
+
+    history = fit(student, tokenizer, targets, cfg.train)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .config import TrainConfig
+from .losses import distillation_loss
+from .teacher import TeacherTargets
+from .views import answer_logits, collate, pad_stack
+
+log = logging.getLogger(__name__)
+
+
+def _schedule(step: int, total: int, warmup: int, kind: str) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def num_steps(num_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps the run takes: ``max_steps`` or ``epochs`` passes over the examples."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    return cfg.epochs * max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum)))
+
+
+def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: TeacherTargets,
+        cfg: TrainConfig) -> list[dict[str, float]]:
+    """Train ``model`` in place; returns the history [{step, loss, lr}, ...]."""
+    # setup
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = num_steps(len(targets), cfg)
+    warmup = int(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total, warmup, cfg.schedule))
+    device = next(model.parameters()).device
+    log.info("training %d steps on %d teacher answers (%d trainable parameters)", total, len(targets),
+             sum(p.numel() for p in params))
+
+    def micro_batches():
+        while True:  # endless epochs of shuffled micro-batches
+            order = torch.randperm(len(targets), generator=generator).tolist()
+            for start in range(0, len(order), cfg.batch_size):
+                yield order[start : start + cfg.batch_size]
+
+    stream = micro_batches()
+    history: list[dict[str, float]] = []
+    model.train()
+    bar = tqdm(range(total), desc="train", unit="step", disable=None)
+    # loop
+    for step in bar:
+        loss_sum = torch.zeros(())
+        for _ in range(cfg.grad_accum):
+            idx = next(stream)
+            batch = collate([targets.student_views[i] for i in idx], tokenizer.pad_token_id).to(device)
+            length = batch.answer_ids.shape[1]
+            teacher_logp = pad_stack([targets.logp[i] for i in idx], length).to(device)
+            teacher_ids = None if targets.ids is None else pad_stack([targets.ids[i] for i in idx], length).to(device)
+            logits = answer_logits(model, batch)
+            loss = distillation_loss(logits, teacher_logp, teacher_ids, batch.answer_ids, batch.answer_mask,
+                                     cfg.loss, cfg.jsd_beta, cfg.ce_weight)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach() / cfg.grad_accum
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        # log
+        record = {"step": step + 1, "loss": loss_sum.item(), "lr": scheduler.get_last_lr()[0]}
+        history.append(record)
+        bar.set_postfix(loss=f"{record['loss']:.4f}")
+    model.eval()
+    return history
