@@ -29,7 +29,9 @@ def read_jsonl(path: str | Path, key: str) -> list[Record]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise InternalizeError(f"{path}:{number}: malformed JSON ({e.msg}); each line must be {{\"input\": \"...\"}}") from None
+            raise InternalizeError(
+                f"{path}:{number}: malformed JSON ({e.msg}); each line must be {{\"input\": \"...\"}}"
+            ) from None
         records.append(_check(record, f"{path}:{number}"))
     return records
 

@@ -105,5 +105,5 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
                                           for i in range(len(records)) if reference.all_answers[i] is not None])
             metrics["kl"] = _mean_kl(model, tokenizer, reference, cfg.batch_size) if len(reference) else 0.0
     if scorer is not None:
-        metrics["score"] = _mean([scorer(r, out) for r, out in zip(records, outputs)])
+        metrics["score"] = _mean([scorer(r, out) for r, out in zip(records, outputs, strict=True)])
     return ConditionResult(metrics, outputs)

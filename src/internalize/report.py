@@ -106,7 +106,8 @@ def write_report(out: Path, results: dict[str, ConditionResult], history: list[d
     if n:
         lines += ["## Side by side", "", "| input | base | teacher | student |", "|---|---|---|---|"]
         for i in range(n):
-            lines.append(f"| {_cell(held_out[i]['input'])} | " + " | ".join(_cell(results[c].outputs[i]) for c in CONDITIONS) + " |")
+            cells = [_cell(held_out[i]["input"])] + [_cell(results[c].outputs[i]) for c in CONDITIONS]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     (out / "report.md").write_text("\n".join(lines))
     return metrics

@@ -94,7 +94,7 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
         prompts = [prompt_ids(tokenizer, r["input"], cfg) for r in records]
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
                            cfg.temperature, cfg.top_p, cfg.num_samples, desc=f"{desc}: generate")
-        for i, (record, prompt, outs) in enumerate(zip(records, prompts, samples)):
+        for i, (record, prompt, outs) in enumerate(zip(records, prompts, samples, strict=True)):
             for n, (text, finished) in enumerate(outs):
                 split = extract_answer(text, cfg.extractor, cfg.extract_pattern) if finished else None
                 if n == 0:
