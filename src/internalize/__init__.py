@@ -5,7 +5,7 @@
 """
 
 from .config import Config, InternalizeError, load_config
-from .pipeline import distill, evaluate_artifact
+from .pipeline import distill, evaluate_artifact, synthesize_inputs
 
-__all__ = ["Config", "InternalizeError", "distill", "evaluate_artifact", "load_config"]
+__all__ = ["Config", "InternalizeError", "distill", "evaluate_artifact", "load_config", "synthesize_inputs"]
 __version__ = "0.1.0"

@@ -1,11 +1,12 @@
-"""Command line: ``internalize distill CONFIG [k=v ...]`` and ``internalize eval CONFIG --student DIR``.
+"""Command line: ``internalize distill``, ``internalize eval`` and ``internalize synthesize``.
 
-Both parse the YAML config, apply ``section.key=value`` overrides and call the same functions as
-the Python API (``internalize.distill``, ``internalize.evaluate_artifact``). A bad input prints
+Each parses the YAML config, apply ``section.key=value`` overrides and call the same functions as
+the Python API (``internalize.distill``, ``evaluate_artifact``, ``synthesize_inputs``). A bad input prints
 one line naming the file, field or line and the fix, and exits with code 2.
 
     internalize distill examples/over.yaml output.dir=runs/over train.lr=3e-4
     internalize eval examples/over.yaml --student runs/over/model output.dir=runs/over-eval
+    internalize synthesize examples/over_synth.yaml data.synthesize.count=100
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="base vs teacher vs a saved student on the held-out inputs",
                               description="Evaluate a saved student against the base model without and with "
                                           "the context of CONFIG.", **common)
-    for p in (distill, evaluate):
+    synth = sub.add_parser("synthesize", help="the model writes unlabeled task inputs (JSONL + provenance)",
+                           description="Generate inputs from data.synthesize (task description and seed inputs) "
+                                       "into data.synthesize.output (default OUT/synthesized.jsonl).", **common)
+    for p in (distill, evaluate, synth):
         p.add_argument("config", help="YAML config file")
         p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (default: none)")
         p.add_argument("--overwrite", action="store_true", help="replace a run in output.dir (default: refuse)")
@@ -49,16 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from .pipeline import distill, evaluate_artifact
+    from .pipeline import distill, evaluate_artifact, synthesize_inputs
 
     try:
         overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
         cfg = load_config(args.config, overrides)
-        metrics = distill(cfg) if args.command == "distill" else evaluate_artifact(cfg, args.student)
+        if args.command == "distill":
+            result = distill(cfg)
+        elif args.command == "eval":
+            result = evaluate_artifact(cfg, args.student)
+        else:
+            result = synthesize_inputs(cfg)
     except InternalizeError as e:
         print(f"internalize: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(metrics, indent=2))
+    print(json.dumps(result, indent=2))
     return 0
 
 

@@ -51,6 +51,7 @@ class ModelConfig(_Section):
         default="smollm2-135m",
     )
     dtype: str = _help("Weights dtype: float32 or bfloat16.", default="float32")
+    device: str = _help("auto (cuda if available, else cpu), cpu, or a torch device such as cuda:0.", default="auto")
     trust_remote_code: bool = _help("Allow custom modelling code from the model directory.", default=False)
     finetune: str = _help("Student training: 'lora' (teacher = base with adapters disabled) or 'full'.", default="lora")
     lora_r: int = _help("LoRA rank.", default=16)
@@ -72,6 +73,52 @@ class ModelConfig(_Section):
 
 
 @dataclass
+class SynthesizeConfig(_Section):
+    _name = "data.synthesize"
+    task: str = _help("What the inputs are for, put in the generation prompt (e.g. 'Short general-knowledge "
+                      "questions a user might ask an assistant.').", default="")
+    seeds: list[str] = _help("A few real example inputs shown in the generation prompt (at least one).",
+                             default_factory=list)
+    count: int = _help("Inputs to keep; generation stops there.", default=200)
+    output: str = _help("JSONL file to write (default: OUT/synthesized.jsonl); a .provenance.json goes beside it.",
+                        default="")
+    seeds_per_prompt: int = _help("Seeds shown per generation prompt, drawn at random each time.", default=3)
+    temperature: float = _help("Sampling temperature.", default=1.0)
+    top_p: float = _help("Nucleus sampling mass.", default=0.95)
+    batch_size: int = _help("Generations per batch.", default=32)
+    max_new_tokens: int = _help("Longest generated input in tokens (longer ones are dropped).", default=48)
+    max_batches: int = _help("Give up after this many batches (0 = 5x the batches the count needs).", default=0)
+    min_chars: int = _help("Drop inputs shorter than this (characters).", default=8)
+    max_chars: int = _help("Drop inputs longer than this (characters).", default=400)
+    ngram: int = _help("Word n-gram size for near-duplicate detection and the diversity figure.", default=3)
+    near_duplicate: float = _help("Drop an input whose n-gram Jaccard overlap with a kept input or a seed reaches "
+                                  "this (1 = exact duplicates only).", default=0.7)
+    validator: str = _help("Optional 'module:function(text) -> bool' that must accept an input.", default="")
+    seed: int = _help("Sampling seed.", default=0)
+
+    def __post_init__(self) -> None:
+        self._require(self.count >= 1, "count", "must be >= 1")
+        self._require(self.seeds_per_prompt >= 1, "seeds_per_prompt", "must be >= 1")
+        self._require(self.temperature > 0, "temperature", "must be > 0")
+        self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self._require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        self._require(self.max_batches >= 0, "max_batches", "must be >= 0 (0 = auto)")
+        self._require(self.min_chars >= 0, "min_chars", "must be >= 0")
+        self._require(self.max_chars > self.min_chars, "max_chars", "must be > data.synthesize.min_chars")
+        self._require(self.ngram >= 1, "ngram", "must be >= 1")
+        self._require(0 < self.near_duplicate <= 1, "near_duplicate", "must be in (0, 1]")
+        self._require(not self.validator or ":" in self.validator, "validator", "use the form 'module:function'")
+        for i, seed in enumerate(self.seeds):
+            if not isinstance(seed, str) or not seed.strip():
+                raise InternalizeError(f"data.synthesize.seeds[{i}]={seed!r} is invalid: give a non-empty string")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.seeds or self.task)
+
+
+@dataclass
 class DataConfig(_Section):
     _name = "data"
     train_file: str = _help("JSONL file of training inputs, one {\"input\": ...} per line.", default="")
@@ -81,6 +128,9 @@ class DataConfig(_Section):
     num_eval: int = _help("Held-out inputs split off the training inputs when no eval set is given.", default=30)
     max_train: int = _help("Use at most this many training inputs (0 = all).", default=0)
     seed: int = _help("Seed of the train/eval split shuffle.", default=0)
+    synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig,
+                                         metadata={"help": "Model-written training inputs (used when no "
+                                                           "train_file or inputs are given)."})
 
     def __post_init__(self) -> None:
         self._require(self.num_eval >= 0, "num_eval", "must be >= 0")
@@ -252,40 +302,41 @@ def _unknown(key: str, known: list[str]) -> InternalizeError:
     return InternalizeError(f"unknown config key '{key}'{hint}")
 
 
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a dict, recursing into nested sections; keys named by dotted path."""
+    if not isinstance(values, dict):
+        raise InternalizeError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {values!r}")
+    types = _field_types(cls)
+    for key in values:
+        if key not in types:
+            raise _unknown(f"{prefix}{key}", list(types))
+    kwargs = {}
+    for key, tp in types.items():
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, values.get(key) or {}, f"{prefix}{key}.")
+        elif key in values:
+            kwargs[key] = _coerce(values[key], tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
 def config_from_dict(raw: dict[str, Any]) -> Config:
     """Build a validated Config from a nested dict (as read from YAML)."""
-    if not isinstance(raw, dict):
-        raise InternalizeError("the config must be a mapping of sections (model, data, teacher, train, eval, output)")
-    sections = _field_types(Config)
-    for name in raw:
-        if name not in sections:
-            raise _unknown(name, list(sections))
-    built = {}
-    for name, cls in sections.items():
-        values = raw.get(name) or {}
-        if not isinstance(values, dict):
-            raise InternalizeError(f"config section '{name}' must be a mapping, got {values!r}")
-        types = _field_types(cls)
-        for key in values:
-            if key not in types:
-                raise _unknown(f"{name}.{key}", list(types))
-        built[name] = cls(**{k: _coerce(v, types[k], f"{name}.{k}") for k, v in values.items()})
-    return Config(**built)
+    return _build(Config, raw, "")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` strings to a nested dict (minGPT's merge_from_args)."""
     for item in overrides:
-        if "=" not in item:
-            raise InternalizeError(f"override '{item}' is invalid: use section.key=value, e.g. train.lr=1e-4")
-        key, value = item.split("=", 1)
+        key, eq, value = item.partition("=")
         parts = key.strip().split(".")
-        if len(parts) != 2:
+        if not eq or len(parts) < 2 or not all(parts):
             raise InternalizeError(f"override '{item}' is invalid: use section.key=value, e.g. train.lr=1e-4")
-        section = raw.setdefault(parts[0], {})
-        if not isinstance(section, dict):
-            raise InternalizeError(f"config section '{parts[0]}' must be a mapping")
-        section[parts[1]] = yaml.safe_load(value) if value.strip() else ""
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InternalizeError(f"override '{item}' is invalid: '{part}' is not a config section")
+        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
     return raw
 
 
@@ -314,12 +365,14 @@ def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True))
 
 
-def describe_fields() -> str:
+def describe_fields(cls: type | None = None, prefix: str = "") -> str:
     """Every key with its default and help, for ``--help``."""
     lines = []
-    for name, cls in _field_types(Config).items():
-        lines.append(f"{name}:")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {name}.{f.name} (default {default!r}): {f.metadata['help']}")
+    for f in dataclasses.fields(cls or Config):
+        tp = _field_types(cls or Config)[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += [f"{prefix}{f.name}:", describe_fields(tp, f"{prefix}{f.name}.")]
+            continue
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {prefix}{f.name} (default {default!r}): {f.metadata['help']}")
     return "\n".join(lines)

@@ -44,8 +44,8 @@ def _check(record: Any, where: str) -> Record:
     return record
 
 
-def load_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
-    """Return (train, eval) records. Without an eval set, ``num_eval`` are split off at random."""
+def read_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
+    """Parse the configured (train, eval) records as given, before any split."""
     if cfg.train_file and cfg.inputs:
         raise InternalizeError("data.train_file and data.inputs are both set; keep one")
     if cfg.train_file:
@@ -56,8 +56,14 @@ def load_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
         held_out = read_jsonl(cfg.eval_file, "data.eval_file")
     else:
         held_out = [_check(r, f"data.eval_inputs[{i}]") for i, r in enumerate(cfg.eval_inputs)]
+    return train, held_out
+
+
+def split_inputs(cfg: DataConfig, train: list[Record], held_out: list[Record]) -> tuple[list[Record], list[Record]]:
+    """Without a held-out set, split ``num_eval`` off the training inputs at random (seeded)."""
     if not train:
-        raise InternalizeError("no training inputs: set data.train_file (JSONL) or data.inputs (a list)")
+        raise InternalizeError("no training inputs: set data.train_file (JSONL), data.inputs (a list) "
+                               "or data.synthesize (seeds for model-written inputs)")
     if not held_out and cfg.num_eval:
         if cfg.num_eval >= len(train):
             raise InternalizeError(
@@ -71,3 +77,13 @@ def load_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
     if cfg.max_train:
         train = train[: cfg.max_train]
     return train, held_out
+
+
+def load_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
+    """Return (train, eval) records. Without an eval set, ``num_eval`` are split off at random."""
+    return split_inputs(cfg, *read_inputs(cfg))
+
+
+def uses_synthesis(cfg: DataConfig) -> bool:
+    """True when training inputs are to be written by the model (no file or inline inputs given)."""
+    return not (cfg.train_file or cfg.inputs) and cfg.synthesize.enabled

@@ -115,6 +115,11 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     if tokenizer.chat_template is None:
         raise InternalizeError(f"model.name='{cfg.name}': the tokenizer has no chat template; use an instruct model")
     model.config.use_cache = True
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise InternalizeError(f"model.device='{cfg.device}' is not usable here ({e}); use auto or cpu") from None
     return model, tokenizer
 
 

