@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    if args.quiet:
+        hf_logging.disable_progress_bar()
     from .pipeline import distill, evaluate_artifact, synthesize_inputs
 
     try:

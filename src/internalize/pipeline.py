@@ -25,7 +25,7 @@ from .data import Record, read_inputs, split_inputs, uses_synthesis
 from .evaluation import evaluate, load_scorer
 from .models import load_model, make_student, save_artifact
 from .report import write_report
-from .synthesis import synthesize
+from .synthesis import check_synthesis, synthesize
 from .teacher import teach
 from .training import fit
 
@@ -52,8 +52,6 @@ def _inputs(cfg: Config) -> tuple[list[Record] | None, list[Record]]:
     train, held_out = read_inputs(cfg.data)
     if not uses_synthesis(cfg.data):
         return split_inputs(cfg.data, train, held_out)
-    if not cfg.data.synthesize.seeds:
-        raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
     if not held_out:
         raise InternalizeError("synthesized training inputs need a real held-out set: set data.eval_file or data.eval_inputs")
     return None, held_out
@@ -89,6 +87,8 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
     train, held_out = _inputs(cfg)
     scorer = load_scorer(cfg.eval)
     _output_dir(cfg.output)
+    if train is None:
+        check_synthesis(cfg.data.synthesize, _synthesis_path(cfg))
     torch.manual_seed(cfg.train.seed)
     with _timed(timings, "load"):
         model, tokenizer = load_model(cfg.model)
@@ -131,11 +131,10 @@ def _synthesis_path(cfg: Config) -> Path:
 def synthesize_inputs(cfg: Config) -> dict[str, Any]:
     """``internalize synthesize``: write model-generated inputs (JSONL + provenance); returns the summary."""
     syn = cfg.data.synthesize
-    if not syn.seeds:
-        raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
     path = _synthesis_path(cfg)
     if path.exists() and not cfg.output.overwrite:
         raise InternalizeError(f"data.synthesize.output='{path}' exists; pass --overwrite or choose another path")
+    check_synthesis(syn, path)
     model, tokenizer = load_model(cfg.model)
     _, summary = synthesize(model, tokenizer, syn, path, cfg.model.name)
     return summary

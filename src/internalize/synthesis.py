@@ -167,6 +167,17 @@ def check_writable(path: Path) -> None:
         raise InternalizeError(f"data.synthesize.output='{path}' is not writable ({e.strerror}); choose another path") from None
 
 
+def check_synthesis(cfg: SynthesizeConfig, output: Path) -> Callable[[str], bool] | None:
+    """Everything that can be checked before loading a model: seeds, validator, output path.
+
+    Returns the validator (or None)."""
+    if not cfg.seeds:
+        raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
+    validator = load_validator(cfg.validator)
+    check_writable(output)
+    return validator
+
+
 def _write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -177,11 +188,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: SynthesizeConfig, output: str | Path,
                model_name: str = "") -> tuple[list[Record], dict[str, Any]]:
     """Generate ``cfg.count`` filtered inputs; write JSONL + provenance; return (records, summary)."""
-    if not cfg.seeds:
-        raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
     output = Path(output)
-    check_writable(output)
-    keep = InputFilter(cfg, load_validator(cfg.validator))
+    keep = InputFilter(cfg, check_synthesis(cfg, output))
     rng = random.Random(cfg.seed)
     import torch
 
