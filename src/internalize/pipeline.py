@@ -94,9 +94,10 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
         model, tokenizer = load_model(cfg.model)
         base_dir = model.name_or_path
     out = _start_run(cfg)
+    synthesis: dict[str, Any] = {}
     if train is None:
         with _timed(timings, "synthesize"):
-            records, _ = synthesize(model, tokenizer, cfg.data.synthesize, _synthesis_path(cfg), cfg.model.name)
+            records, synthesis = synthesize(model, tokenizer, cfg.data.synthesize, _synthesis_path(cfg), cfg.model.name)
             train, held_out = split_inputs(cfg.data, records, held_out)
     model = make_student(model, cfg.model)
     with _timed(timings, "teacher"):
@@ -119,6 +120,8 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
         "dropped": targets.dropped, "steps": len(history), "timings": timings,
         "total_s": round(sum(timings.values()), 2),
     }
+    if synthesis:
+        info["synthesis"] = synthesis
     metrics = write_report(out, results, history, held_out, info, cfg)
     log.info("wrote %s: %s", out / "report.md", _summary(metrics))
     return metrics

@@ -32,10 +32,12 @@ def _plot_metrics(metrics: dict[str, dict[str, float]], path: Path) -> None:
     width = 0.8 / len(CONDITIONS)
     for c, condition in enumerate(CONDITIONS):
         xs = [i + (c - 1) * width for i in range(len(rates))]
-        axes[0].bar(xs, [metrics[condition][k] for k in rates], width, label=condition, color=colors[condition])
-        axes[1].bar([c], [metrics[condition]["kl"]], 0.6, color=colors[condition])
+        bars = axes[0].bar(xs, [metrics[condition][k] for k in rates], width, label=condition, color=colors[condition])
+        axes[0].bar_label(bars, fmt="%.2f", fontsize=7)
+        bars = axes[1].bar([c], [metrics[condition]["kl"]], 0.6, color=colors[condition])
+        axes[1].bar_label(bars, fmt="%.3f", fontsize=7)
     axes[0].set_xticks(range(len(rates)), [LABELS[k] for k in rates])
-    axes[0].set_ylim(0, 1.05)
+    axes[0].set_ylim(0, 1.12)
     axes[0].legend(loc="upper left", fontsize=8)
     axes[0].set_title("held-out inputs (higher is better)")
     axes[1].set_xticks(range(len(CONDITIONS)), CONDITIONS)
@@ -98,6 +100,10 @@ def write_report(out: Path, results: dict[str, ConditionResult], history: list[d
     if history:
         lines += ["![loss](loss.png)", "", f"Loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} "
                   f"over {len(history)} steps.", ""]
+    if info.get("synthesis"):
+        syn = info["synthesis"]
+        lines += [f"Training inputs written by the model: kept {syn['kept']} of {syn['generated']} generated "
+                  f"(dropped {syn['dropped']}), distinct 2-grams {syn['distinct_2grams']:.3f}.", ""]
     if info.get("dropped"):
         lines += [f"Teacher samples dropped: {info['dropped']}.", ""]
     if info.get("timings"):
