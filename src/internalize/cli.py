@@ -47,7 +47,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)  # overrides may also follow options such as --student
+    if any(r.startswith("-") or "=" not in r for r in rest):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = list(args.overrides) + rest
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from transformers.utils import logging as hf_logging

@@ -268,8 +268,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if tp is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            if isinstance(value, bool):
-                return value
+            if isinstance(value, int) and value in (0, 1):  # also True/False
+                return bool(value)
             raise ValueError
         if tp is int:
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -285,7 +285,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return "" if value is None else str(value)
         if origin is list:
             if isinstance(value, str):
-                value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+                try:
+                    value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+                except yaml.YAMLError:
+                    raise ValueError from None
             if not isinstance(value, list):
                 raise ValueError
             return value
@@ -296,7 +299,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _unknown(key: str, known: list[str]) -> InternalizeError:
-    close = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    leaf = key.split(".")[-1]
+    close = difflib.get_close_matches(leaf, known, n=1) or [k for k in known if leaf.startswith(k + "_")][:1]
     prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
     return InternalizeError(f"unknown config key '{key}'{hint}")
@@ -336,7 +340,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise InternalizeError(f"override '{item}' is invalid: '{part}' is not a config section")
-        node[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
+        node[parts[-1]] = value  # a string: _coerce converts it by the field's declared type
     return raw
 
 

@@ -119,7 +119,8 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise InternalizeError(f"model.device='{cfg.device}' is not usable here ({e}); use auto or cpu") from None
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InternalizeError(f"model.device='{cfg.device}' is not usable here ({reason}); use auto or cpu") from None
     return model, tokenizer
 
 
@@ -149,9 +150,11 @@ def teacher_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
     was_training = model.training
     model.eval()
     disable = getattr(model, "disable_adapter", None)
-    with torch.no_grad(), (disable() if disable is not None else contextlib.nullcontext()):
-        yield model
-    model.train(was_training)
+    try:
+        with torch.no_grad(), (disable() if disable is not None else contextlib.nullcontext()):
+            yield model
+    finally:
+        model.train(was_training)
 
 
 @contextlib.contextmanager
@@ -159,9 +162,11 @@ def inference_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
     """The model as it is now (student or base), in eval() under no_grad."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        yield model
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, mode: str,

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,20 +58,30 @@ def _inputs(cfg: Config) -> tuple[list[Record] | None, list[Record]]:
     return None, held_out
 
 
-def _start_run(cfg: Config) -> Path:
-    out = _output_dir(cfg.output)
+def _clear(out: Path) -> None:
     for name in RUN_FILES:
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
+
+
+@contextmanager
+def _run_dir(cfg: Config) -> Iterator[Path]:
+    """The run directory with the resolved config saved; a run that fails leaves none of its files."""
+    out = _output_dir(cfg.output)
+    _clear(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     except OSError as e:
         raise InternalizeError(f"output.dir='{out}' is not writable ({e.strerror}); choose another output.dir") from None
-    return out
+    try:
+        yield out
+    except BaseException:
+        _clear(out)
+        raise
 
 
 @contextmanager
@@ -93,37 +104,37 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
     with _timed(timings, "load"):
         model, tokenizer = load_model(cfg.model)
         base_dir = model.name_or_path
-    out = _start_run(cfg)
-    synthesis: dict[str, Any] = {}
-    if train is None:
-        with _timed(timings, "synthesize"):
-            records, synthesis = synthesize(model, tokenizer, cfg.data.synthesize, _synthesis_path(cfg), cfg.model.name)
-            train, held_out = split_inputs(cfg.data, records, held_out)
-    model = make_student(model, cfg.model)
-    with _timed(timings, "teacher"):
-        targets = teach(model, tokenizer, train, cfg.teacher, desc="teacher[train]")
-        if not len(targets):
-            raise InternalizeError(f"the teacher kept no answers out of {len(train)} inputs ({targets.dropped}); "
-                                   "check teacher.extract_pattern and teacher.max_new_tokens")
-        greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
-        reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
-    with _timed(timings, "eval_before"):
-        results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
-    with _timed(timings, "train"):
-        history = fit(model, tokenizer, targets, cfg.train)
-    with _timed(timings, "eval_after"):
-        results["student"] = evaluate(model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
-    with _timed(timings, "save"):
-        save_artifact(model, tokenizer, out / "model", cfg.output.save, base_dir)
-    info: dict[str, Any] = {
-        "train_inputs": len(train), "train_answers": len(targets), "eval_inputs": len(held_out),
-        "dropped": targets.dropped, "steps": len(history), "timings": timings,
-        "total_s": round(sum(timings.values()), 2),
-    }
-    if synthesis:
-        info["synthesis"] = synthesis
-    metrics = write_report(out, results, history, held_out, info, cfg)
-    log.info("wrote %s: %s", out / "report.md", _summary(metrics))
+    with _run_dir(cfg) as out:
+        synthesis: dict[str, Any] = {}
+        if train is None:
+            with _timed(timings, "synthesize"):
+                records, synthesis = synthesize(model, tokenizer, cfg.data.synthesize, _synthesis_path(cfg), cfg.model.name)
+                train, held_out = split_inputs(cfg.data, records, held_out)
+        model = make_student(model, cfg.model)
+        with _timed(timings, "teacher"):
+            targets = teach(model, tokenizer, train, cfg.teacher, desc="teacher[train]")
+            if not len(targets):
+                raise InternalizeError(f"the teacher kept no answers out of {len(train)} inputs ({targets.dropped}); "
+                                       "check teacher.extract_pattern and teacher.max_new_tokens")
+            greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
+            reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
+        with _timed(timings, "eval_before"):
+            results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
+        with _timed(timings, "train"):
+            history = fit(model, tokenizer, targets, cfg.train)
+        with _timed(timings, "eval_after"):
+            results["student"] = evaluate(model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+        with _timed(timings, "save"):
+            save_artifact(model, tokenizer, out / "model", cfg.output.save, base_dir)
+        info: dict[str, Any] = {
+            "train_inputs": len(train), "train_answers": len(targets), "eval_inputs": len(held_out),
+            "dropped": targets.dropped, "steps": len(history), "timings": timings,
+            "total_s": round(sum(timings.values()), 2),
+        }
+        if synthesis:
+            info["synthesis"] = synthesis
+        metrics = write_report(out, results, history, held_out, info, cfg)
+        log.info("wrote %s: %s", out / "report.md", _summary(metrics))
     return metrics
 
 
@@ -152,16 +163,16 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, dict[str, float]]:
     with _timed(timings, "load"):
         model, tokenizer = load_model(cfg.model)
         student_model, _ = load_model(dataclasses.replace(cfg.model, name=student))
-    out = _start_run(cfg)
-    with _timed(timings, "teacher"):
-        greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
-        reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
-    with _timed(timings, "eval"):
-        results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
-        results["student"] = evaluate(student_model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
-    info = {"student": student, "eval_inputs": len(held_out), "timings": timings}
-    metrics = write_report(out, results, [], held_out, info, cfg)
-    log.info("wrote %s: %s", out / "report.md", _summary(metrics))
+    with _run_dir(cfg) as out:
+        with _timed(timings, "teacher"):
+            greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
+            reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
+        with _timed(timings, "eval"):
+            results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
+            results["student"] = evaluate(student_model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+        info = {"student": student, "eval_inputs": len(held_out), "timings": timings}
+        metrics = write_report(out, results, [], held_out, info, cfg)
+        log.info("wrote %s: %s", out / "report.md", _summary(metrics))
     return metrics
 
 

@@ -44,6 +44,8 @@ def extract_answer(generation: str, extractor: str, pattern: str) -> tuple[str, 
             return None
         m = matches[-1]
         group = 1 if m.re.groups else 0
+        if m.group(group) is None:  # an optional group that took no part in the match
+            return None
         prefix, answer = generation[: m.start(group)], m.group(group)
     elif extractor == "delimiter":
         at = generation.rfind(pattern)

@@ -68,7 +68,7 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
     bar = tqdm(range(total), desc="train", unit="step", disable=None)
     # loop
     for step in bar:
-        loss_sum = torch.zeros(())
+        loss_sum = torch.zeros((), device=device)
         for _ in range(cfg.grad_accum):
             idx = next(stream)
             batch = collate([targets.student_views[i] for i in idx], tokenizer.pad_token_id).to(device)
@@ -82,11 +82,12 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
             loss_sum += loss.detach() / cfg.grad_accum
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         # log
-        record = {"step": step + 1, "loss": loss_sum.item(), "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step + 1, "loss": loss_sum.item(), "lr": lr}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
     model.eval()

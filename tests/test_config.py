@@ -1,0 +1,302 @@
+"""config.py: YAML + overrides, unknown keys, range and type checks, errors naming file/key/line."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from internalize.config import (
+    Config,
+    InternalizeError,
+    ModelConfig,
+    SynthesizeConfig,
+    TeacherConfig,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    describe_fields,
+    load_config,
+    save_config,
+)
+
+MINIMAL = {"teacher": {"context": "Be brief."}}
+
+
+def _write(tmp_path, data, name="cfg.yaml"):
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_from_minimal_yaml(tmp_path):
+    cfg = load_config(_write(tmp_path, MINIMAL))
+    assert isinstance(cfg, Config)
+    assert cfg.teacher.context == "Be brief."
+    assert cfg.model.name == "smollm2-135m"
+    assert cfg.train == TrainConfig()
+    assert cfg.teacher.position == "system"
+
+
+def test_yaml_values_and_overrides(tmp_path):
+    path = _write(tmp_path, {"teacher": {"context": "c", "max_new_tokens": 10}, "train": {"lr": 1e-3, "epochs": 3}})
+    cfg = load_config(path, ["train.lr=3e-4", "teacher.position=after_input", "model.finetune=full",
+                             "output.overwrite=true", "model.lora_target_modules=q_proj,v_proj", "data.num_eval=5"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 3
+    assert cfg.teacher.max_new_tokens == 10
+    assert cfg.teacher.position == "after_input"
+    assert cfg.model.finetune == "full"
+    assert cfg.output.overwrite is True
+    assert cfg.model.lora_target_modules == ["q_proj", "v_proj"]
+    assert cfg.data.num_eval == 5
+
+
+def test_overrides_without_file():
+    cfg = load_config(None, ["teacher.context=hello", "train.max_steps=7", "model.lora_target_modules=[q_proj]"])
+    assert cfg.teacher.context == "hello"
+    assert cfg.train.max_steps == 7
+    assert cfg.model.lora_target_modules == ["q_proj"]
+
+
+def test_override_keeps_equals_sign_in_value():
+    cfg = load_config(None, ["teacher.context=a=b"])
+    assert cfg.teacher.context == "a=b"
+
+
+@pytest.mark.parametrize("value, expected", [("true", True), ("false", False), ("yes", True), ("no", False)])
+def test_bool_coercion(value, expected):
+    assert load_config(None, ["teacher.context=c", f"output.overwrite={value}"]).output.overwrite is expected
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("0", False)])
+def test_bool_coercion_from_one_and_zero(value, expected):
+    assert load_config(None, ["teacher.context=c", f"output.overwrite={value}"]).output.overwrite is expected
+
+
+def test_int_from_integral_float_is_accepted():
+    assert config_from_dict({"teacher": {"context": "c"}, "train": {"max_steps": 4.0}}).train.max_steps == 4
+
+
+def test_unknown_key_suggests_close_match():
+    with pytest.raises(InternalizeError) as e:
+        load_config(None, ["teacher.context=c", "train.warmup_ration=0.2"])
+    assert "unknown config key 'train.warmup_ration'" in str(e.value)
+    assert "did you mean 'train.warmup_ratio'" in str(e.value)
+
+
+def test_unknown_key_lr_rate_names_lr():
+    with pytest.raises(InternalizeError) as e:
+        load_config(None, ["teacher.context=c", "train.lr_rate=0.1"])
+    assert "train.lr_rate" in str(e.value)
+    assert "lr" in str(e.value).split("train.lr_rate", 1)[1]
+
+
+def test_unknown_key_lr_rate_suggests_train_lr():
+    with pytest.raises(InternalizeError, match=r"did you mean 'train\.lr'"):
+        load_config(None, ["teacher.context=c", "train.lr_rate=0.1"])
+
+
+def test_unknown_section_suggests_close_match(tmp_path):
+    path = _write(tmp_path, {"teacher": {"context": "c"}, "trian": {"lr": 1e-3}})
+    with pytest.raises(InternalizeError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert message.startswith(str(path))
+    assert "unknown config key 'trian'" in message
+    assert "did you mean 'train'" in message
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = _write(tmp_path, {"teacher": {"context": "c", "contxt": "x"}})
+    expected = r"cfg\.yaml: unknown config key 'teacher\.contxt'; did you mean 'teacher\.context'"
+    with pytest.raises(InternalizeError, match=expected):
+        load_config(path)
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.lr=-1", "train.lr=-1"),
+        ("train.lr=0", "train.lr=0"),
+        ("train.jsd_beta=1.0", "train.jsd_beta=1.0"),
+        ("train.grad_accum=0", "train.grad_accum=0"),
+        ("train.warmup_ratio=1.5", "train.warmup_ratio=1.5"),
+        ("train.loss=mse", "train.loss='mse'"),
+        ("train.schedule=linear", "train.schedule='linear'"),
+        ("teacher.position=middle", "teacher.position='middle'"),
+        ("teacher.top_p=0", "teacher.top_p=0"),
+        ("teacher.num_samples=3", "teacher.num_samples=3"),  # needs do_sample
+        ("teacher.extractor=regex", "teacher.extract_pattern=''"),
+        ("teacher.top_k=-1", "teacher.top_k=-1"),
+        ("model.dtype=float16", "model.dtype='float16'"),
+        ("model.lora_r=0", "model.lora_r=0"),
+        ("model.lora_dropout=1", "model.lora_dropout=1"),
+        ("data.num_eval=-2", "data.num_eval=-2"),
+        ("eval.scorer=nocolon", "eval.scorer='nocolon'"),
+        ("output.save=zip", "output.save='zip'"),
+        ("data.synthesize.count=0", "data.synthesize.count=0"),
+        ("data.synthesize.near_duplicate=0", "data.synthesize.near_duplicate=0"),
+    ],
+)
+def test_range_checks_name_key_and_value(override, expected):
+    with pytest.raises(InternalizeError) as e:
+        load_config(None, ["teacher.context=c", override])
+    message = str(e.value)
+    assert expected in message
+    assert "is invalid" in message
+    assert "\n" not in message
+
+
+def test_range_check_message_from_file(tmp_path):
+    path = _write(tmp_path, {"teacher": {"context": "c"}, "train": {"lr": -1}})
+    with pytest.raises(InternalizeError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: train.lr=-1")
+    assert "must be > 0" in str(e.value)
+
+
+def test_missing_context_is_an_error():
+    with pytest.raises(InternalizeError, match="teacher.context=''"):
+        load_config(None, [])
+
+
+def test_demonstrations_only_are_enough_and_validated():
+    cfg = config_from_dict({"teacher": {"demonstrations": [{"input": "a", "output": "b"}]}})
+    assert cfg.teacher.demonstrations == [{"input": "a", "output": "b"}]
+    with pytest.raises(InternalizeError, match=r"teacher\.demonstrations\[0\]"):
+        config_from_dict({"teacher": {"context": "c", "demonstrations": [{"input": "a"}]}})
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ("train.max_steps=abc", "abc"),
+        ("train.max_steps=1.5", "1.5"),
+        ("train.lr=fast", "fast"),
+        ("output.overwrite=maybe", "maybe"),
+        ("train.epochs=true", "rue"),  # True or 'true'
+    ],
+)
+def test_type_errors_name_key_and_expected_type(override, value):
+    with pytest.raises(InternalizeError) as e:
+        load_config(None, ["teacher.context=c", override])
+    message = str(e.value)
+    key = override.split("=")[0]
+    assert f"{key}=" in message and value in message.split(f"{key}=", 1)[1]
+    assert "is invalid: expected" in message
+
+
+def test_type_error_for_mapping_where_string_expected():
+    with pytest.raises(InternalizeError, match=r"teacher\.context=.*expected str"):
+        config_from_dict({"teacher": {"context": {"a": 1}}})
+
+
+def test_type_error_for_list_field():
+    with pytest.raises(InternalizeError, match=r"model\.lora_target_modules=5 is invalid: expected list"):
+        config_from_dict({"teacher": {"context": "c"}, "model": {"lora_target_modules": 5}})
+
+
+def test_section_must_be_mapping():
+    with pytest.raises(InternalizeError, match="config section 'train' must be a mapping"):
+        config_from_dict({"teacher": {"context": "c"}, "train": [1, 2]})
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    with pytest.raises(InternalizeError, match="must be a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = _write(tmp_path, "teacher:\n  context: ok\ntrain:\n  lr: [1, 2\n  epochs: 3\n")
+    with pytest.raises(InternalizeError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}: malformed YAML at line ")
+    assert "\n" not in message
+    line = int(message.split("at line ")[1].split(";")[0])
+    assert 4 <= line <= 6
+
+
+def test_malformed_yaml_tab_indent(tmp_path):
+    path = _write(tmp_path, "teacher:\n\tcontext: x\n")
+    with pytest.raises(InternalizeError, match=r"malformed YAML at line 2"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InternalizeError, match=r"nope\.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("override", ["train.lr", "lr=1", "train..lr=1", ".lr=1"])
+def test_malformed_override(override):
+    with pytest.raises(InternalizeError, match="use section.key=value"):
+        load_config(None, ["teacher.context=c", override])
+
+
+def test_nested_override_and_unknown_nested_key():
+    cfg = load_config(None, ["teacher.context=c", "data.synthesize.count=5", "data.synthesize.seeds=[a, b]"])
+    assert cfg.data.synthesize.count == 5
+    assert cfg.data.synthesize.seeds == ["a", "b"]
+    with pytest.raises(InternalizeError, match=r"unknown config key 'data\.synthesize\.cuont'; "
+                                               r"did you mean 'data\.synthesize\.count'"):
+        load_config(None, ["teacher.context=c", "data.synthesize.cuont=5"])
+    with pytest.raises(InternalizeError, match=r"unknown config key 'a'"):
+        load_config(None, ["teacher.context=c", "a.b.c=1"])
+    with pytest.raises(InternalizeError, match=r"override 'train\.lr\.x=1' is invalid: 'lr' is not a config section"):
+        load_config(None, ["teacher.context=c", "train.lr=1", "train.lr.x=1"])
+
+
+def test_apply_overrides_creates_sections():
+    raw = apply_overrides({}, ["train.lr=0.5", "teacher.context=", "data.synthesize.count=3"])
+    assert set(raw) == {"train", "teacher", "data"}
+    assert set(raw["data"]["synthesize"]) == {"count"}
+    cfg = config_from_dict(apply_overrides(raw, ["teacher.context=c"]))
+    assert (cfg.train.lr, cfg.teacher.context, cfg.data.synthesize.count) == (0.5, "c", 3)
+
+
+def test_override_with_regex_value_is_kept_as_string():
+    cfg = load_config(None, ["teacher.context=c", "eval.scorer_regex=[0-9]+"])
+    assert cfg.eval.scorer_regex == "[0-9]+"
+
+
+def test_override_string_with_trailing_colon():
+    cfg = load_config(None, ["teacher.context=c", "teacher.extractor=delimiter", "teacher.extract_pattern=Answer:"])
+    assert cfg.teacher.extract_pattern == "Answer:"
+
+
+def test_saved_config_reloads_equal(tmp_path):
+    path = _write(tmp_path, {
+        "model": {"name": "some/dir", "finetune": "full", "lora_target_modules": ["q_proj"]},
+        "data": {"inputs": ["a", {"input": "b", "label": 1}], "num_eval": 1},
+        "teacher": {"context": "Line one\nline: two", "demonstrations": [{"input": "x", "output": "y"}],
+                    "extractor": "regex", "extract_pattern": r"Answer: (\d+)"},
+        "train": {"lr": 1e-4, "loss": "jsd", "jsd_beta": 0.25},
+        "eval": {"scorer_regex": r"Over\.\s*$"},
+        "output": {"dir": str(tmp_path / "out"), "save": "adapter"},
+    })
+    cfg = load_config(path, ["train.max_steps=3"])
+    saved = tmp_path / "saved.yaml"
+    save_config(cfg, saved)
+    again = load_config(saved)
+    assert again == cfg
+    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+
+
+def test_sections_validate_when_built_directly():
+    with pytest.raises(InternalizeError, match="model.finetune='qlora'"):
+        ModelConfig(finetune="qlora")
+    with pytest.raises(InternalizeError, match="teacher.max_new_tokens=0"):
+        TeacherConfig(context="c", max_new_tokens=0)
+
+
+def test_describe_fields_lists_every_key_with_default():
+    text = describe_fields()
+    for section, cls in [("model", ModelConfig), ("train", TrainConfig), ("teacher", TeacherConfig),
+                         ("data.synthesize", SynthesizeConfig)]:
+        for f in dataclasses.fields(cls):
+            assert f"{section}.{f.name} (default " in text
+    assert "train.lr (default 0.0002)" in text

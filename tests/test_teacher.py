@@ -1,0 +1,219 @@
+"""teacher.py: answer extraction and ``teach`` (generate, extract, score) on the tiny model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_ANSWER, TINY_INPUTS
+
+from internalize.config import TeacherConfig
+from internalize.teacher import TeacherTargets, _topk_with_tail, extract_answer, teach
+from internalize.views import View, answer_ids, prompt_ids
+
+# --- extract_answer ----------------------------------------------------------------------------
+
+
+def test_extract_none_is_the_whole_generation():
+    assert extract_answer("Paris. Over.", "none", "") == ("", "Paris. Over.")
+
+
+def test_extract_none_moves_leading_space_into_prefix():
+    assert extract_answer("  Paris  ", "none", "") == ("  ", "Paris")
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_extract_none_of_blank_is_none(text):
+    assert extract_answer(text, "none", "") is None
+
+
+def test_extract_regex_group_takes_last_match():
+    text = "Answer: 3, no wait. Answer: 42 done"
+    prefix, answer = extract_answer(text, "regex", r"Answer: (\d+)")
+    assert answer == "42"
+    assert prefix == "Answer: 3, no wait. Answer: "
+    assert text.startswith(prefix + answer)
+
+
+def test_extract_regex_without_group_is_the_whole_match():
+    prefix, answer = extract_answer("think think 17 then 99!", "regex", r"\d+")
+    assert (prefix, answer) == ("think think 17 then ", "99")
+
+
+def test_extract_regex_is_dotall():
+    prefix, answer = extract_answer("step 1\nstep 2\n#### yes\nno", "regex", r"#### (.*)")
+    assert answer == "yes\nno"
+    assert prefix == "step 1\nstep 2\n#### "
+
+
+def test_extract_regex_no_match_is_none():
+    assert extract_answer("no digits here", "regex", r"\d+") is None
+
+
+def test_extract_regex_empty_group_is_none():
+    assert extract_answer("Answer: ", "regex", r"Answer:(\s*)") is None
+
+
+def test_extract_regex_with_non_participating_group_is_none():
+    assert extract_answer("Answer: ", "regex", r"Answer: (\d+)?") is None
+
+
+def test_extract_delimiter_takes_text_after_last_occurrence():
+    text = "scratch #### 3 more #### 42 "
+    prefix, answer = extract_answer(text, "delimiter", "####")
+    assert answer == "42"
+    assert prefix == "scratch #### 3 more #### "
+    assert text.startswith(prefix + answer)
+
+
+def test_extract_delimiter_missing_or_empty_is_none():
+    assert extract_answer("no delimiter", "delimiter", "####") is None
+    assert extract_answer("text ####   ", "delimiter", "####") is None
+
+
+def test_extract_unknown_extractor():
+    with pytest.raises(ValueError, match="unknown extractor"):
+        extract_answer("x", "json", "")
+
+
+# --- _topk_with_tail ---------------------------------------------------------------------------
+
+
+def test_topk_with_tail_shapes_and_mass():
+    logp = torch.log_softmax(torch.randn(4, 20, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    values, ids = _topk_with_tail(logp, 5)
+    assert values.shape == (4, 6) and ids.shape == (4, 5)
+    torch.testing.assert_close(values[:, :5], logp.topk(5, -1).values)
+    torch.testing.assert_close(values.logsumexp(-1), torch.zeros(4), atol=1e-5, rtol=0)
+    tail = logp.scatter(-1, ids, float("-inf")).logsumexp(-1)
+    torch.testing.assert_close(values[:, 5], tail, atol=1e-4, rtol=1e-4)
+
+
+# --- teach on the tiny model ----------------------------------------------------------------------
+
+
+def _check_aligned(targets: TeacherTargets, tok, cfg: TeacherConfig) -> None:
+    for record, t_view, s_view, answer in zip(targets.records, targets.teacher_views, targets.student_views,
+                                              targets.answers, strict=True):
+        assert t_view.answer_ids == s_view.answer_ids == answer_ids(tok, answer)
+        assert t_view.answer_ids[-1] == tok.eos_token_id
+        assert s_view.prompt_ids == prompt_ids(tok, record["input"])
+        teacher_prompt = prompt_ids(tok, record["input"], cfg)
+        assert t_view.prompt_ids[: len(teacher_prompt)] == teacher_prompt
+
+
+def test_teach_none_extractor_topk(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Answer in one word.", max_new_tokens=8, top_k=8, batch_size=5)
+    records = [{"input": x, "i": i} for i, x in enumerate(TINY_INPUTS[:6])]
+    targets = teach(model, tok, records, cfg)
+    assert len(targets) == 6 and targets.dropped == {}
+    assert targets.answers == [TINY_ANSWER] * 6
+    assert targets.all_answers == [TINY_ANSWER] * 6
+    assert targets.generations == [TINY_ANSWER] * 6
+    assert targets.source == list(range(6))
+    assert targets.records == records  # extra fields kept
+    _check_aligned(targets, tok, cfg)
+    for record, t_view, logp, ids in zip(records, targets.teacher_views, targets.logp, targets.ids, strict=True):
+        A = len(t_view.answer_ids)
+        assert t_view.prompt_ids == prompt_ids(tok, record["input"], cfg)  # no scratch-pad with extractor none
+        assert logp.shape == (A, 9) and ids.shape == (A, 8)
+        assert logp.dtype == torch.float32
+        assert (logp <= 0).all()
+        # top-k log-probs plus the tail are a distribution
+        torch.testing.assert_close(logp.logsumexp(-1), torch.zeros(A), atol=1e-4, rtol=0)
+        # the greedy answer is the teacher's most likely token at each position
+        assert ids[:, 0].tolist() == list(t_view.answer_ids)
+
+
+def test_teach_logp_equal_the_models_distribution(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Be brief.", position="after_input", max_new_tokens=8, top_k=0, batch_size=3)
+    records = [{"input": x} for x in TINY_INPUTS[:3]]
+    targets = teach(model, tok, records, cfg)
+    assert targets.ids is None
+    for view, logp in zip(targets.teacher_views, targets.logp, strict=True):
+        seq = torch.tensor([view.prompt_ids + view.answer_ids])
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+        P, A = len(view.prompt_ids), len(view.answer_ids)
+        assert logp.shape == (A, len(tok))
+        torch.testing.assert_close(logp, full[P - 1 : P - 1 + A], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logp.exp().sum(-1), torch.ones(A), atol=1e-5, rtol=0)
+
+
+def test_teach_top_k_covering_the_vocabulary_uses_the_full_form(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="c", max_new_tokens=8, top_k=len(tok))
+    targets = teach(model, tok, [{"input": "hi"}], cfg)
+    assert targets.ids is None
+    assert targets.logp[0].shape[-1] == len(tok)
+
+
+def test_teach_delimiter_keeps_scratch_pad_in_teacher_view(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Think first.", max_new_tokens=8, extractor="delimiter", extract_pattern="ok",
+                        top_k=4, batch_size=2)
+    records = [{"input": x} for x in TINY_INPUTS[:3]]
+    targets = teach(model, tok, records, cfg)
+    assert targets.answers == ["ay"] * 3
+    assert targets.generations == [TINY_ANSWER] * 3
+    _check_aligned(targets, tok, cfg)
+    for record, view, logp, ids in zip(records, targets.teacher_views, targets.logp, targets.ids, strict=True):
+        scratch = tuple(tok("ok", add_special_tokens=False).input_ids)
+        assert view.prompt_ids == prompt_ids(tok, record["input"], cfg) + scratch
+        assert view.answer_ids == answer_ids(tok, "ay")
+        seq = torch.tensor([view.prompt_ids + view.answer_ids])
+        with torch.no_grad():
+            full = torch.log_softmax(model(input_ids=seq).logits[0], -1)
+        P, A = len(view.prompt_ids), len(view.answer_ids)
+        expected, expected_ids = _topk_with_tail(full[P - 1 : P - 1 + A], 4)
+        torch.testing.assert_close(logp, expected, atol=1e-5, rtol=1e-5)
+        assert torch.equal(ids, expected_ids)
+
+
+def test_teach_counts_answers_that_cannot_be_extracted(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="c", max_new_tokens=8, extractor="regex", extract_pattern=r"NEVER\d{9}")
+    records = [{"input": x} for x in TINY_INPUTS[:5]]
+    targets = teach(model, tok, records, cfg)
+    assert len(targets) == 0
+    assert targets.dropped == {"answer not extracted": 5}
+    assert targets.all_answers == [None] * 5
+    assert targets.logp == []
+    assert targets.teacher_views == [] and targets.student_views == []
+
+
+def test_teach_counts_unfinished_generations(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="c", max_new_tokens=2)  # "okay" + eos needs 5 tokens
+    targets = teach(model, tok, [{"input": x} for x in TINY_INPUTS[:3]], cfg)
+    assert len(targets) == 0
+    assert targets.dropped == {"unfinished (raise teacher.max_new_tokens)": 3}
+    assert targets.all_answers == [None] * 3
+
+
+def test_teach_several_samples(tiny):
+    model, tok = tiny
+    torch.manual_seed(0)
+    cfg = TeacherConfig(context="c", max_new_tokens=8, do_sample=True, num_samples=3, temperature=0.5, top_k=4)
+    records = [{"input": x} for x in TINY_INPUTS[:2]]
+    targets = teach(model, tok, records, cfg)
+    kept = len(targets)
+    assert kept + sum(targets.dropped.values()) == 6
+    assert len(targets.all_answers) == 2
+    assert targets.source == sorted(targets.source)
+    assert all(targets.records[n] is records[i] for n, i in enumerate(targets.source))
+    _check_aligned(targets, tok, cfg)
+
+
+def test_teach_restores_training_mode(tiny):
+    model, tok = tiny
+    model.train()
+    teach(model, tok, [{"input": "hi"}], TeacherConfig(context="c", max_new_tokens=8))
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_teacher_targets_len():
+    targets = TeacherTargets(answers=["a", "b"], teacher_views=[View((1,), (2,))] * 2)
+    assert len(targets) == 2

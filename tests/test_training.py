@@ -1,0 +1,172 @@
+"""training.py: the schedule, step counting, and ``fit`` lowering the distillation loss."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_INPUTS
+
+import internalize.training as training
+from internalize.config import ModelConfig, TrainConfig
+from internalize.models import make_student
+from internalize.teacher import TeacherTargets, _topk_with_tail
+from internalize.training import _schedule, fit, num_steps
+from internalize.views import View, answer_ids, prompt_ids
+
+LORA = ModelConfig(name="unused", lora_r=4, lora_alpha=8)
+
+
+def test_schedule_linear_warmup_then_cosine():
+    total, warmup = 10, 4
+    assert [_schedule(s, total, warmup, "cosine") for s in range(warmup)] == [0.25, 0.5, 0.75, 1.0]
+    assert _schedule(4, total, warmup, "cosine") == pytest.approx(1.0)
+    assert _schedule(7, total, warmup, "cosine") == pytest.approx(0.5)  # half way through the decay
+    assert _schedule(10, total, warmup, "cosine") == pytest.approx(0.0, abs=1e-12)
+    values = [_schedule(s, total, warmup, "cosine") for s in range(warmup, total)]
+    assert values == sorted(values, reverse=True)
+    for s in range(warmup, total):
+        expected = 0.5 * (1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        assert _schedule(s, total, warmup, "cosine") == pytest.approx(expected)
+
+
+def test_schedule_constant_and_no_warmup():
+    assert [_schedule(s, 5, 2, "constant") for s in range(5)] == [0.5, 1.0, 1.0, 1.0, 1.0]
+    assert _schedule(0, 5, 0, "cosine") == 1.0
+    assert _schedule(0, 1, 0, "cosine") == 1.0  # a single step does not divide by zero
+
+
+@pytest.mark.parametrize(
+    "n, cfg, expected",
+    [
+        (100, TrainConfig(max_steps=7), 7),
+        (10, TrainConfig(epochs=2, batch_size=4), 6),
+        (10, TrainConfig(epochs=1, batch_size=4, grad_accum=2), 2),
+        (3, TrainConfig(epochs=3, batch_size=8), 3),
+        (0, TrainConfig(epochs=2, batch_size=8), 2),
+    ],
+)
+def test_num_steps(n, cfg, expected):
+    assert num_steps(n, cfg) == expected
+
+
+def _targets(tok, answers=("hello!", "Bye", "A-OK", "no", "yes please", "42"), k: int = 0, sharpness=6.0):
+    """Hand-made teacher targets: sharp distributions on answers the tiny model does not give ('okay')."""
+    targets = TeacherTargets(ids=[] if k else None)
+    for text, answer in zip(TINY_INPUTS, answers, strict=False):
+        a_ids = answer_ids(tok, answer)
+        logits = torch.zeros(len(a_ids), len(tok))
+        logits[torch.arange(len(a_ids)), torch.tensor(a_ids)] = sharpness
+        logp = torch.log_softmax(logits, -1)
+        targets.records.append({"input": text})
+        targets.answers.append(answer)
+        targets.teacher_views.append(View(prompt_ids(tok, text), a_ids))
+        targets.student_views.append(View(prompt_ids(tok, text), a_ids))
+        if k:
+            values, ids = _topk_with_tail(logp, k)
+            targets.logp.append(values)
+            targets.ids.append(ids)
+        else:
+            targets.logp.append(logp)
+    return targets
+
+
+@pytest.mark.parametrize("finetune, lr", [("lora", 2e-2), ("full", 5e-3)])
+def test_fit_lowers_the_loss(tiny, finetune, lr):
+    model, tok = tiny
+    student = make_student(model, ModelConfig(name="unused", finetune=finetune, lora_r=4, lora_alpha=8))
+    cfg = TrainConfig(max_steps=8, batch_size=6, lr=lr, warmup_ratio=0.0, schedule="constant", seed=0)
+    history = fit(student, tok, _targets(tok), cfg)
+    assert len(history) == 8
+    assert [h["step"] for h in history] == list(range(1, 9))
+    assert all(math.isfinite(h["loss"]) for h in history)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert not student.training
+
+
+@pytest.mark.parametrize("loss", ["forward_kl", "reverse_kl", "jsd", "ce"])
+def test_fit_every_loss_kind_lowers_the_loss(tiny, loss):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    cfg = TrainConfig(loss=loss, max_steps=6, batch_size=6, lr=2e-2, warmup_ratio=0.0, seed=0)
+    history = fit(student, tok, _targets(tok), cfg)
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+def test_fit_topk_targets(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    cfg = TrainConfig(max_steps=6, batch_size=3, lr=2e-2, warmup_ratio=0.0, ce_weight=0.5, seed=0)
+    history = fit(student, tok, _targets(tok, k=5), cfg)
+    assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
+
+
+def test_fit_counts_steps_and_micro_batches(tiny, monkeypatch):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    calls = []
+    real = training.answer_logits
+
+    def counting(model, batch):
+        calls.append(batch.input_ids.shape[0])
+        return real(model, batch)
+
+    monkeypatch.setattr(training, "answer_logits", counting)
+    cfg = TrainConfig(max_steps=3, batch_size=2, grad_accum=3, seed=0)
+    history = fit(student, tok, _targets(tok), cfg)
+    assert len(history) == 3
+    assert len(calls) == 9  # max_steps x grad_accum micro-batches
+    assert calls == [2] * 9
+
+
+def test_fit_epochs_when_no_max_steps(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    targets = _targets(tok)  # 6 answers
+    cfg = TrainConfig(epochs=2, batch_size=4, grad_accum=1, seed=0)
+    history = fit(student, tok, targets, cfg)
+    assert len(history) == num_steps(len(targets), cfg) == 4
+
+
+def test_fit_is_deterministic_with_a_seed(tiny_model_dir):
+    from internalize.models import load_model
+
+    histories = []
+    for _ in range(2):
+        model, tok = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+        torch.manual_seed(0)  # LoRA A matrices are drawn at wrap time (the pipeline seeds before it too)
+        student = make_student(model, LORA)
+        histories.append(fit(student, tok, _targets(tok), TrainConfig(max_steps=3, batch_size=2, lr=1e-2, seed=5)))
+    assert histories[0] == histories[1]
+
+
+def test_fit_with_lora_leaves_base_weights_untouched(tiny):
+    model, tok = tiny
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    student = make_student(model, LORA)
+    fit(student, tok, _targets(tok), TrainConfig(max_steps=2, batch_size=3, lr=1e-2, seed=0))
+    after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in student.named_parameters()
+             if "lora_" not in n}
+    for name, value in before.items():
+        torch.testing.assert_close(after[name], value, rtol=0, atol=0)
+
+
+def test_fit_learning_rates_follow_the_schedule(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    cfg = TrainConfig(max_steps=10, batch_size=3, lr=1e-3, warmup_ratio=0.2, seed=0)
+    history = fit(student, tok, _targets(tok), cfg)
+    lrs = [h["lr"] for h in history]
+    assert max(lrs) == pytest.approx(1e-3)
+    assert all(0 <= lr <= 1e-3 + 1e-12 for lr in lrs)
+    assert lrs[2:] == sorted(lrs[2:], reverse=True)  # cosine decay after warmup
+
+
+def test_fit_history_lr_is_the_lr_used_at_that_step(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    cfg = TrainConfig(max_steps=10, batch_size=3, lr=1e-3, warmup_ratio=0.2, seed=0)
+    history = fit(student, tok, _targets(tok), cfg)
+    expected = [1e-3 * _schedule(s, 10, 2, "cosine") for s in range(10)]
+    assert [h["lr"] for h in history] == pytest.approx(expected)
