@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from conftest import tiny_config_dict, write_yaml
 
 from internalize.cli import main
