@@ -365,6 +365,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise InternalizeError(f"{where}: {e}") from None
 
 
+def import_callable(spec: str, key: str) -> Any:
+    """Resolve a ``module:function`` config value, importable from the working directory."""
+    import importlib
+    import sys
+
+    module_name, _, attr = spec.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise InternalizeError(f"{key}={spec!r} cannot be imported ({e}); "
+                               "give 'module:function' importable from the working directory") from None
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(asdict(cfg), sort_keys=False, allow_unicode=True))
 

@@ -13,17 +13,14 @@ The teacher's own agreement and KL are 1 and 0 by definition.
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import EvalConfig, InternalizeError
+from .config import EvalConfig, InternalizeError, import_callable
 from .data import Record
 from .losses import forward_kl, to_classes
 from .models import generate, inference_mode, teacher_mode
@@ -49,14 +46,7 @@ def load_scorer(cfg: EvalConfig) -> Scorer | None:
             raise InternalizeError(f"eval.scorer_regex={cfg.scorer_regex!r} is not a valid regex ({e})") from None
         return lambda record, output: float(pattern.search(output) is not None)
     if cfg.scorer:
-        module_name, _, attr = cfg.scorer.partition(":")
-        if str(Path.cwd()) not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as e:
-            raise InternalizeError(f"eval.scorer={cfg.scorer!r} cannot be imported ({e}); "
-                                   "give 'module:function' importable from the working directory") from None
+        fn = import_callable(cfg.scorer, "eval.scorer")
         return lambda record, output: float(fn(record, output))
     return None
 

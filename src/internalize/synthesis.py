@@ -14,28 +14,29 @@ The JSONL and a provenance record (model, prompt, settings, summary) are written
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
 import os
 import random
 import re
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import InternalizeError, SynthesizeConfig
+from .config import InternalizeError, SynthesizeConfig, import_callable
 from .data import Record
 from .models import generate, inference_mode
 
 log = logging.getLogger(__name__)
+
 
 def synthesis_prompt(tokenizer: PreTrainedTokenizerBase, task: str, examples: list[str]) -> str:
     """A chat prompt asking for a numbered list of inputs, the reply pre-filled with the examples.
@@ -91,19 +92,6 @@ def distinct_ngrams(texts: list[str], n: int) -> float:
 def _ngram_list(text: str, n: int) -> list[tuple[str, ...]]:
     words = normalize(text).split()
     return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-
-
-def load_validator(spec: str) -> Callable[[str], bool] | None:
-    if not spec:
-        return None
-    module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise InternalizeError(f"data.synthesize.validator={spec!r} cannot be imported ({e}); "
-                               "give 'module:function' importable from the working directory") from None
 
 
 class InputFilter:
@@ -173,7 +161,7 @@ def check_synthesis(cfg: SynthesizeConfig, output: Path) -> Callable[[str], bool
     Returns the validator (or None)."""
     if not cfg.seeds:
         raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
-    validator = load_validator(cfg.validator)
+    validator = import_callable(cfg.validator, "data.synthesize.validator") if cfg.validator else None
     check_writable(output)
     return validator
 
@@ -191,8 +179,6 @@ def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: 
     output = Path(output)
     keep = InputFilter(cfg, check_synthesis(cfg, output))
     rng = random.Random(cfg.seed)
-    import torch
-
     torch.manual_seed(cfg.seed)
     max_batches = cfg.max_batches or 5 * math.ceil(cfg.count / cfg.batch_size)
     generated = batches = 0
@@ -228,8 +214,6 @@ def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: 
     if not reached:
         log.warning("synthesis stopped at %d of %d inputs after %d batches (data.synthesize.max_batches): the model "
                     "kept producing rejected inputs %s", len(kept), cfg.count, batches, dict(keep.dropped))
-    from dataclasses import asdict
-
     provenance = {
         "model": model_name, "prompt_template": synthesis_prompt(tokenizer, cfg.task, ["<seed>"] * cfg.seeds_per_prompt),
         "settings": asdict(cfg), "summary": summary,
