@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 
 from .config import InternalizeError, describe_fields, load_config
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # raised inside peft, not ours
     if args.quiet:
         hf_logging.disable_progress_bar()
     from .pipeline import distill, evaluate_artifact, synthesize_inputs

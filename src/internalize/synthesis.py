@@ -193,12 +193,13 @@ def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: 
             outs = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, do_sample=True,
                             temperature=cfg.temperature, top_p=cfg.top_p, desc="synthesize: batch")
             batches += 1
-            for samples in outs:
-                for text, finished in samples:
-                    for line, complete in candidate_lines(text, finished):
-                        generated += 1
-                        if len(keep.kept) < cfg.count and keep.offer(line, complete):
-                            bar.update(1)
+            lines = [c for samples in outs for text, finished in samples for c in candidate_lines(text, finished)]
+            for line, complete in lines:
+                if len(keep.kept) >= cfg.count:
+                    break  # lines past the target are not examined, nor counted
+                generated += 1
+                if keep.offer(line, complete):
+                    bar.update(1)
     bar.close()
     kept = keep.kept[: cfg.count]
     if not kept:
