@@ -25,7 +25,7 @@ from .data import Record
 from .losses import forward_kl, to_classes
 from .models import generate, inference_mode, teacher_mode
 from .teacher import TeacherTargets
-from .views import answer_logits, batches, pad_stack, prompt_ids
+from .views import answer_logits, batches, prompt_ids
 
 Scorer = Callable[[Record, str], float]
 CONDITIONS = ("base", "teacher", "student")
@@ -61,9 +61,7 @@ def _mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, referen
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for idx, batch in batches(reference.student_views, batch_size, tokenizer.pad_token_id):
-        length = batch.answer_ids.shape[1]
-        teacher_logp = pad_stack([reference.logp[i] for i in idx], length)
-        teacher_ids = None if reference.ids is None else pad_stack([reference.ids[i] for i in idx], length)
+        teacher_logp, teacher_ids = reference.stacked(idx, batch.answer_ids.shape[1])
         logits = answer_logits(model, batch.to(device)).cpu()
         kl = forward_kl(to_classes(logits, teacher_ids), teacher_logp, batch.answer_mask)
         tokens = int(batch.answer_mask.sum())

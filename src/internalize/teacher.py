@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .config import TeacherConfig
 from .data import Record
 from .models import generate, teacher_mode
-from .views import View, answer_ids, answer_logits, batches, prompt_ids
+from .views import View, answer_ids, answer_logits, batches, pad_stack, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class TeacherTargets:
 
     def __len__(self) -> int:
         return len(self.answers)
+
+    def stacked(self, idx: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher log-probs [B, length, C] and top-k ids [B, length, k] (or None) for samples ``idx``."""
+        logp = pad_stack([self.logp[i] for i in idx], length)
+        return logp, None if self.ids is None else pad_stack([self.ids[i] for i in idx], length)
 
 
 def _topk_with_tail(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

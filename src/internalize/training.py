@@ -20,7 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .config import TrainConfig
 from .losses import distillation_loss
 from .teacher import TeacherTargets
-from .views import answer_logits, collate, pad_stack
+from .views import answer_logits, collate
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,9 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
         for _ in range(cfg.grad_accum):
             idx = next(stream)
             batch = collate([targets.student_views[i] for i in idx], tokenizer.pad_token_id).to(device)
-            length = batch.answer_ids.shape[1]
-            teacher_logp = pad_stack([targets.logp[i] for i in idx], length).to(device)
-            teacher_ids = None if targets.ids is None else pad_stack([targets.ids[i] for i in idx], length).to(device)
+            teacher_logp, teacher_ids = targets.stacked(idx, batch.answer_ids.shape[1])
+            teacher_logp = teacher_logp.to(device)
+            teacher_ids = None if teacher_ids is None else teacher_ids.to(device)
             logits = answer_logits(model, batch)
             loss = distillation_loss(logits, teacher_logp, teacher_ids, batch.answer_ids, batch.answer_mask,
                                      cfg.loss, cfg.jsd_beta, cfg.ce_weight)
