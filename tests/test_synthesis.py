@@ -180,3 +180,15 @@ def test_distill_uses_synthesized_inputs(tiny_model_dir, tmp_path):
     assert (tmp_path / "run" / "synthesized.jsonl").is_file()
     assert run["train_inputs"] >= 1 and run["eval_inputs"] == 2
     assert set(metrics) == {"base", "teacher", "student"}
+
+
+def test_synthesize_then_distill_from_that_file_in_the_same_run_dir(tiny_model_dir, tmp_path):
+    from internalize import distill, load_config
+
+    path = _synth_config(tiny_model_dir, tmp_path, seeds=SEEDS, count=2, max_batches=2)
+    assert main(["-q", "synthesize", path]) == 0
+    inputs = tmp_path / "run" / "synthesized.jsonl"
+    written = inputs.read_text()
+    metrics = distill(load_config(path, [f"data.train_file={inputs}", "data.num_eval=0"]))
+    assert set(metrics) == {"base", "teacher", "student"}
+    assert inputs.read_text() == written  # the input file is neither refused, cleared nor rewritten

@@ -32,8 +32,9 @@ from .training import fit
 
 log = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model",
-             "synthesized.jsonl", "synthesized.provenance.json")
+# What a run writes. synthesized.jsonl is not among them: it may be the input of a later run
+# (data.train_file), so it is never cleared, only replaced atomically when inputs are synthesized again.
+RUN_FILES = ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model")
 
 
 def _output_dir(cfg: OutputConfig) -> Path:
