@@ -190,3 +190,26 @@ def test_distill_bad_inputs_write_nothing(tiny_model_dir, tmp_path):
     with pytest.raises(InternalizeError, match="not a valid regex"):
         distill(config_from_dict(raw))
     assert not out.exists()
+
+
+def test_forgetting_check_compares_the_student_with_the_original_model(tiny_model_dir, tmp_path):
+    neutral = tmp_path / "neutral.jsonl"
+    neutral.write_text("".join(json.dumps({"input": q}) + "\n" for q in ("Say hi", "What is 3 plus 4?", "abc")))
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["eval"]["neutral_file"] = str(neutral)
+    raw["train"].update(max_steps=6, lr=5e-2)  # a large step so the student visibly moves
+    distill(config_from_dict(raw))
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    forgetting = run["forgetting"]
+    assert forgetting["n"] == 3
+    assert 0.0 <= forgetting["agreement_with_original"] <= 1.0
+    assert forgetting["kl_original_student"] > 0.0  # training changed the model on prompts it never saw
+    assert "Forgetting check on 3 neutral prompts" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_forgetting_check_bad_file_is_refused_before_anything_is_written(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["eval"]["neutral_file"] = str(tmp_path / "missing.jsonl")
+    with pytest.raises(InternalizeError, match="eval.neutral_file="):
+        distill(config_from_dict(raw))
+    assert not (tmp_path / "run").exists()

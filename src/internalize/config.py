@@ -223,6 +223,8 @@ class EvalConfig(_Section):
     scorer: str = _help("A Python callable 'module:function(record, output) -> bool | float'.", default="")
     batch_size: int = _help("Evaluation generation batch size.", default=16)
     num_examples: int = _help("Side-by-side generations shown in the report.", default=6)
+    neutral_file: str = _help("Forgetting check: JSONL of prompts the context says nothing about; the report "
+                              "compares the student with the original model on them (empty = off).", default="")
 
     def __post_init__(self) -> None:
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .config import Config, InternalizeError, OutputConfig, save_config
-from .data import Record, read_inputs, split_inputs, uses_synthesis
+from .data import Record, read_inputs, read_jsonl, split_inputs, uses_synthesis
 from .evaluation import evaluate, load_scorer
 from .models import load_model, make_student, save_artifact
 from .report import write_report
@@ -97,6 +97,7 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
     """Distill ``cfg.teacher``'s context into the student; returns ``{base, teacher, student}`` metrics."""
     timings: dict[str, float] = {}
     train, held_out = _inputs(cfg)
+    neutral = read_jsonl(cfg.eval.neutral_file, "eval.neutral_file") if cfg.eval.neutral_file else []
     scorer = load_scorer(cfg.eval)
     _output_dir(cfg.output)
     if train is None:
@@ -119,12 +120,19 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
                                        "check teacher.extract_pattern and teacher.max_new_tokens")
             greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
             reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
+        if neutral:  # the original model's own answers: what the student should not lose
+            with _timed(timings, "neutral_before"):
+                plain = dataclasses.replace(greedy, extractor="none", extract_pattern="",
+                                            max_new_tokens=cfg.eval.max_new_tokens)
+                original = teach(model, tokenizer, neutral, plain, desc="base[neutral]", with_context=False)
         with _timed(timings, "eval_before"):
             results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
         with _timed(timings, "train"):
             history = fit(model, tokenizer, targets, cfg.train)
         with _timed(timings, "eval_after"):
             results["student"] = evaluate(model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+            if neutral:
+                forgetting = evaluate(model, tokenizer, neutral, original, cfg.eval, "student").metrics
         with _timed(timings, "save"):
             save_artifact(model, tokenizer, out / "model", cfg.output.save, base_dir)
         info: dict[str, Any] = {
@@ -134,6 +142,9 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
         }
         if synthesis:
             info["synthesis"] = synthesis
+        if neutral:
+            info["forgetting"] = {"n": len(neutral), "agreement_with_original": forgetting["agreement"],
+                                  "kl_original_student": forgetting["kl"]}
         metrics = write_report(out, results, history, held_out, info, cfg)
         log.info("wrote %s: %s", out / "report.md", _summary(metrics))
     return metrics

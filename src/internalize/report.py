@@ -104,6 +104,12 @@ def write_report(out: Path, results: dict[str, ConditionResult], history: list[d
         syn = info["synthesis"]
         lines += [f"Training inputs written by the model: kept {syn['kept']} of {syn['generated']} generated "
                   f"(dropped {syn['dropped']}), distinct 2-grams {syn['distinct_2grams']:.3f}.", ""]
+    if info.get("forgetting"):
+        f = info["forgetting"]
+        lines += [f"Forgetting check on {f['n']} neutral prompts (`eval.neutral_file`): the student's greedy answers "
+                  f"equal the original model's on {f['agreement_with_original']:.0%} of them (100% before "
+                  f"distillation); mean per-token KL(original || student) on the original's answers "
+                  f"{f['kl_original_student']:.4f} (0 before).", ""]
     if info.get("dropped"):
         lines += [f"Teacher samples dropped: {info['dropped']}.", ""]
     if info.get("timings"):

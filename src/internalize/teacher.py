@@ -92,13 +92,16 @@ def _topk_with_tail(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: TeacherConfig,
-          desc: str = "teacher") -> TeacherTargets:
-    """Run the teacher on ``records``: generate, extract, then score the final-answer tokens."""
+          desc: str = "teacher", with_context: bool = True) -> TeacherTargets:
+    """Run the teacher on ``records``: generate, extract, then score the final-answer tokens.
+
+    ``with_context=False`` gives the frozen base model's own answers and distributions (the
+    reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     targets = TeacherTargets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
     with teacher_mode(model):
-        prompts = [prompt_ids(tokenizer, r["input"], cfg) for r in records]
+        prompts = [prompt_ids(tokenizer, r["input"], cfg if with_context else None) for r in records]
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
                            cfg.temperature, cfg.top_p, cfg.num_samples, desc=f"{desc}: generate")
         for i, (record, prompt, outs) in enumerate(zip(records, prompts, samples, strict=True)):
