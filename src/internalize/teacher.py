@@ -105,6 +105,7 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
                            cfg.temperature, cfg.top_p, cfg.num_samples, desc=f"{desc}: generate")
         for i, (record, prompt, outs) in enumerate(zip(records, prompts, samples, strict=True)):
+            student_prompt = prompt_ids(tokenizer, record["input"])
             for n, (text, finished) in enumerate(outs):
                 split = extract_answer(text, cfg.extractor, cfg.extract_pattern) if finished else None
                 if n == 0:
@@ -123,7 +124,7 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
                 targets.generations.append(text)
                 targets.answers.append(answer)
                 targets.teacher_views.append(View(prompt + scratch_tok, answer_tok))
-                targets.student_views.append(View(prompt_ids(tokenizer, record["input"]), answer_tok))
+                targets.student_views.append(View(student_prompt, answer_tok))
         targets.dropped = dict(dropped)
         if dropped:
             log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
