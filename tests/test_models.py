@@ -278,6 +278,9 @@ def test_save_artifact_adapter(tiny, tiny_model_dir, tmp_path):
     assert not (out / "model.safetensors").exists()
     reloaded, reloaded_tok = load_model(ModelConfig(name=str(out), device="cpu"))
     torch.testing.assert_close(_logits(reloaded, reloaded_tok), expected, atol=1e-5, rtol=1e-5)
+    # folded into plain weights, so it can be the start of a further distillation
+    assert not getattr(reloaded, "peft_config", None)
+    assert not any("lora" in name for name, _ in reloaded.named_parameters())
 
 
 def test_save_artifact_full_finetune(tiny, tmp_path):

@@ -105,11 +105,13 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     if gguf_file is not None:
         directory = _plain_copy_of_gguf(directory, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
-    )
-    if hasattr(model, "merge_and_unload"):  # an adapter-only artifact: fold it into the base
-        model = model.merge_and_unload()
+    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if (directory / "adapter_config.json").is_file():  # an adapter-only artifact: fold it into its base
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(directory, **kwargs).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.chat_template is None:
