@@ -159,3 +159,20 @@ def write_yaml(path: Path, data: dict) -> Path:
 def tiny_config_path(tiny_model_dir, tmp_path) -> Path:
     """A tiny-run YAML config pointing at ``tiny_model_dir``; output.dir is ``tmp_path/run``."""
     return write_yaml(tmp_path / "tiny.yaml", tiny_config_dict(tiny_model_dir, tmp_path / "run"))
+
+
+@pytest.fixture(autouse=True)
+def _teacher_cache_per_test(monkeypatch, tmp_path_factory):
+    """``teacher.cache_dir=auto`` writes to a fresh directory per test, never to the user's cache."""
+    import internalize.teacher
+
+    root = tmp_path_factory.mktemp("cache")
+    monkeypatch.setattr(internalize.teacher, "cache_root", lambda: root)
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from seed 0 (LoRA's A matrices come from the global RNG in make_student), whatever ran before."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield

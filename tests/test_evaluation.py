@@ -10,11 +10,12 @@ import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
 from internalize.config import EvalConfig, InternalizeError, ModelConfig, TeacherConfig
+from internalize.decoding import collate
 from internalize.evaluation import CONDITIONS, _mean_kl, evaluate, load_scorer
 from internalize.losses import forward_kl, to_classes
 from internalize.models import make_student
 from internalize.teacher import teach
-from internalize.views import collate, pad_stack
+from internalize.views import pad_stack
 
 RECORDS = [{"input": x} for x in TINY_INPUTS[:4]]
 TEACHER = TeacherConfig(context="Answer in one word.", max_new_tokens=8, top_k=8, batch_size=4)
@@ -142,7 +143,7 @@ def test_evaluate_kl_is_the_token_weighted_forward_kl(student_and_reference):
     student.eval()
     batch = collate(reference.student_views, tok.pad_token_id)
     with torch.no_grad():
-        from internalize.views import answer_logits
+        from internalize.decoding import answer_logits
 
         logits = answer_logits(student, batch)
     length = batch.answer_ids.shape[1]

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from internalize.decoding import topk_with_tail as _topk_with_tail
 from internalize.losses import (
     MIN_LOGP,
     cross_entropy,
@@ -16,7 +17,6 @@ from internalize.losses import (
     reverse_kl,
     to_classes,
 )
-from internalize.teacher import _topk_with_tail
 
 B, A, V = 3, 5, 11
 

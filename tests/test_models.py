@@ -1,4 +1,4 @@
-"""models.py: model name resolution, loading, LoRA student / teacher_mode, artifacts and generation."""
+"""models.py: model name resolution, loading, LoRA student / teacher_mode and artifacts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from transformers import AutoModelForCausalLM
 from internalize.config import InternalizeError, ModelConfig
 from internalize.models import (
     SMOLLM2_ALIAS,
-    generate,
     inference_mode,
     load_model,
     make_student,
@@ -24,6 +23,8 @@ from internalize.models import (
     teacher_mode,
 )
 from internalize.views import prompt_ids
+
+MERGED = {"atol": 1e-4, "rtol": 1e-4}  # merging LoRA into the weights rounds a little differently
 
 LORA = ModelConfig(name="unused", finetune="lora", lora_r=4, lora_alpha=8)
 
@@ -256,14 +257,14 @@ def test_save_artifact_merged_reloads_with_same_logits(tiny, tiny_model_dir, tmp
     assert (out / "model.safetensors").is_file()
     assert not (out / "adapter_config.json").exists()
     assert (out / "tokenizer.json").is_file()
-    torch.testing.assert_close(_logits(saved, tok), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_logits(saved, tok), expected, **MERGED)
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     assert not hasattr(reloaded, "peft_config") or not reloaded.peft_config
-    torch.testing.assert_close(_logits(reloaded, tok), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_logits(reloaded, tok), expected, **MERGED)
     # and the library's own loader reads it back, chat template included
     again, again_tok = load_model(ModelConfig(name=str(out), device="cpu"))
     assert again_tok.chat_template == tok.chat_template
-    torch.testing.assert_close(_logits(again, again_tok), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_logits(again, again_tok), expected, **MERGED)
 
 
 def test_save_artifact_adapter(tiny, tiny_model_dir, tmp_path):
@@ -277,7 +278,7 @@ def test_save_artifact_adapter(tiny, tiny_model_dir, tmp_path):
     assert Path(adapter_config["base_model_name_or_path"]) == Path(tiny_model_dir).resolve()
     assert not (out / "model.safetensors").exists()
     reloaded, reloaded_tok = load_model(ModelConfig(name=str(out), device="cpu"))
-    torch.testing.assert_close(_logits(reloaded, reloaded_tok), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(_logits(reloaded, reloaded_tok), expected, **MERGED)
     # folded into plain weights, so it can be the start of a further distillation
     assert not getattr(reloaded, "peft_config", None)
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
@@ -291,48 +292,4 @@ def test_save_artifact_full_finetune(tiny, tmp_path):
     expected = _logits(student, tok)
     out = tmp_path / "full"
     save_artifact(student, tok, out, "merged", "unused")
-    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tok), expected, atol=1e-5, rtol=1e-5)
-
-
-# --- generate -------------------------------------------------------------------------------------------------
-
-
-def test_generate_finishes_and_strips(tiny):
-    model, tok = tiny
-    prompts = [prompt_ids(tok, x) for x in ("hi", "What is the capital of France?", "x")]
-    with inference_mode(model):
-        out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2)
-    assert out == [[("okay", True)]] * 3
-
-
-def test_generate_unfinished(tiny):
-    model, tok = tiny
-    with inference_mode(model):
-        out = generate(model, tok, [prompt_ids(tok, "hi")], max_new_tokens=2, batch_size=1)
-    assert out == [[("ok", False)]]
-
-
-def test_generate_batched_equals_unbatched_with_left_padding(tiny):
-    model, tok = tiny
-    student = make_student(model, LORA)
-    _perturb_lora(student, 0.3)  # outputs other than "okay" that depend on the prompt
-    texts = ["a", "What is 1 plus 2?", "Tell me a joke, please! Or two."]
-    prompts = [prompt_ids(tok, x) for x in texts]
-    with inference_mode(student):
-        batched = generate(student, tok, prompts, max_new_tokens=6, batch_size=3)
-        alone = [generate(student, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
-    assert batched == alone
-    assert len({samples[0] for samples in batched}) > 1  # prompts of different lengths gave different outputs
-
-
-def test_generate_several_samples(tiny):
-    model, tok = tiny
-    torch.manual_seed(0)
-    prompts = [prompt_ids(tok, x) for x in ("hi", "hello")]
-    with inference_mode(model):
-        out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, do_sample=True, temperature=0.7,
-                       num_samples=3)
-    assert [len(samples) for samples in out] == [3, 3]
-    for samples in out:
-        for text, finished in samples:
-            assert isinstance(text, str) and isinstance(finished, bool)
+    torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tok), expected, **MERGED)

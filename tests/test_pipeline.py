@@ -60,7 +60,7 @@ def test_distill_run_info(tiny_run):
     assert info["train_inputs"] == 8 and info["eval_inputs"] == 4
     assert info["train_answers"] == 8 and info["dropped"] == {}
     assert info["steps"] == 4
-    assert set(info["timings"]) == {"load", "teacher", "eval_before", "train", "eval_after", "save"}
+    assert set(info["timings"]) == {"load", "teacher", "reference", "eval_before", "train", "eval_after", "save"}
 
 
 def test_distill_report(tiny_run):

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from internalize.config import ModelConfig, TeacherConfig, TrainConfig
+from internalize.decoding import answer_logits, collate
 from internalize.models import load_model, make_student, teacher_mode
 from internalize.teacher import teach
 from internalize.training import fit
-from internalize.views import answer_logits, collate, prompt_ids
+from internalize.views import prompt_ids
 
 pytestmark = [
     pytest.mark.slow,

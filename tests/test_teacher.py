@@ -7,7 +7,8 @@ import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
 from internalize.config import TeacherConfig
-from internalize.teacher import TeacherTargets, _topk_with_tail, extract_answer, teach
+from internalize.decoding import topk_with_tail as _topk_with_tail
+from internalize.teacher import TeacherTargets, extract_answer, teach
 from internalize.views import View, answer_ids, prompt_ids
 
 # --- extract_answer ----------------------------------------------------------------------------

@@ -10,8 +10,9 @@ from conftest import TINY_INPUTS
 
 import internalize.training as training
 from internalize.config import ModelConfig, TrainConfig
+from internalize.decoding import topk_with_tail as _topk_with_tail
 from internalize.models import make_student
-from internalize.teacher import TeacherTargets, _topk_with_tail
+from internalize.teacher import TeacherTargets
 from internalize.training import _schedule, fit, num_steps
 from internalize.views import View, answer_ids, prompt_ids
 
@@ -108,9 +109,9 @@ def test_fit_counts_steps_and_micro_batches(tiny, monkeypatch):
     calls = []
     real = training.answer_logits
 
-    def counting(model, batch):
+    def counting(model, batch, prefix=None):
         calls.append(batch.input_ids.shape[0])
-        return real(model, batch)
+        return real(model, batch, prefix)
 
     monkeypatch.setattr(training, "answer_logits", counting)
     cfg = TrainConfig(max_steps=3, batch_size=2, grad_accum=3, seed=0)
@@ -170,3 +171,33 @@ def test_fit_history_lr_is_the_lr_used_at_that_step(tiny):
     history = fit(student, tok, _targets(tok), cfg)
     expected = [1e-3 * _schedule(s, 10, 2, "cosine") for s in range(10)]
     assert [h["lr"] for h in history] == pytest.approx(expected)
+
+
+def test_length_buckets_cut_padding_and_keep_every_example(tiny_model_dir, monkeypatch):
+    """Bucketed micro-batches pad less than plain shuffling and still visit every answer once per epoch."""
+    from internalize.models import load_model
+
+    model, tok = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+    texts = ["a", "What is the capital of France?", "Hi", "Tell me a joke, please! Or two, or three.", "x y",
+             "Count to three, slowly and clearly.", "2+2", "Why is grass green and not blue?"]
+    views = [View(prompt_ids(tok, t), answer_ids(tok, "okay")) for t in texts]
+    targets = TeacherTargets(student_views=views, answers=["okay"] * len(views),
+                             logp=[torch.zeros(len(v.answer_ids), 3) for v in views], ids=None)
+    seen: dict[int, list[list[int]]] = {}
+    real = training.collate
+
+    def recording(batch_views, pad_id, prefix_len=0):
+        seen.setdefault(id(recording), []).append([views.index(v) for v in batch_views])
+        return real(batch_views, pad_id, prefix_len)
+
+    monkeypatch.setattr(training, "collate", recording)
+    monkeypatch.setattr(training, "distillation_loss", lambda logits, *a, **k: logits.float().mean() * 0)
+    padding = {}
+    for buckets in (1, 4):
+        seen.clear()
+        cfg = TrainConfig(epochs=1, batch_size=2, length_buckets=buckets, seed=3, warmup_ratio=0.0)
+        model, _ = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+        history = fit(make_student(model, LORA), tok, targets, cfg)
+        assert sorted(i for b in seen[id(recording)] for i in b) == list(range(len(views)))  # each once
+        padding[buckets] = sum(h["padding"] for h in history) / len(history)
+    assert padding[4] < padding[1]

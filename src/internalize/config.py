@@ -150,6 +150,7 @@ class TeacherConfig(_Section):
     temperature: float = _help("Sampling temperature (do_sample only).", default=1.0)
     top_p: float = _help("Nucleus sampling mass (do_sample only).", default=1.0)
     num_samples: int = _help("Teacher generations per input (use with do_sample).", default=1)
+    seed: int = _help("Seed of teacher sampling (do_sample only).", default=0)
     extractor: str = _help(
         "How the final answer is pulled out of a generation: none (all of it), regex or delimiter.", default="none"
     )
@@ -161,7 +162,12 @@ class TeacherConfig(_Section):
     top_k: int = _help(
         "Teacher log-probs kept per answer token: top-k plus the tail mass (0 = full vocabulary).", default=128
     )
-    batch_size: int = _help("Teacher generation and scoring batch size.", default=16)
+    batch_size: int = _help("Teacher generation and scoring batch size.", default=32)
+    cache_dir: str = _help(
+        "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
+        "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",
+        default="auto",
+    )
 
     def __post_init__(self) -> None:
         self._require(bool(self.context.strip()) or bool(self.demonstrations), "context", "give a context to internalize")
@@ -195,6 +201,8 @@ class TrainConfig(_Section):
     max_steps: int = _help("Optimizer steps (0 = use epochs).", default=0)
     batch_size: int = _help("Sequences per micro-batch.", default=8)
     grad_accum: int = _help("Micro-batches per optimizer step.", default=1)
+    length_buckets: int = _help("Micro-batches per length bucket: each epoch is shuffled, then sorted by length "
+                                "within pools of this many micro-batches (1 = plain shuffling).", default=16)
     schedule: str = _help("Learning-rate schedule: cosine or constant (both after warmup).", default="cosine")
     warmup_ratio: float = _help("Share of steps spent in linear warmup.", default=0.1)
     max_grad_norm: float = _help("Gradient clipping norm (0 = off).", default=1.0)
@@ -208,6 +216,7 @@ class TrainConfig(_Section):
         self._require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         self._require(self.epochs >= 1, "epochs", "must be >= 1")
         self._require(self.max_steps >= 0, "max_steps", "must be >= 0 (0 = use epochs)")
+        self._require(self.length_buckets >= 1, "length_buckets", "must be >= 1 (1 = plain shuffling)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.grad_accum >= 1, "grad_accum", "must be >= 1")
         self._choice("schedule", ("cosine", "constant"))

@@ -22,10 +22,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import EvalConfig, InternalizeError, import_callable
 from .data import Record
+from .decoding import Prefix, answer_logits, batches, generate
 from .losses import forward_kl, to_classes
-from .models import generate, inference_mode, teacher_mode
+from .models import inference_mode, teacher_mode
 from .teacher import TeacherTargets
-from .views import answer_logits, batches, prompt_ids
+from .views import prompt_ids
 
 Scorer = Callable[[Record, str], float]
 CONDITIONS = ("base", "teacher", "student")
@@ -60,9 +61,10 @@ def _mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, referen
     """Token-weighted mean KL(teacher || model) over the reference answers (student view)."""
     total, count = 0.0, 0
     device = next(model.parameters()).device
-    for idx, batch in batches(reference.student_views, batch_size, tokenizer.pad_token_id):
+    prefix = Prefix.shared([v.prompt_ids for v in reference.student_views]).prefill(model)
+    for idx, batch in batches(reference.student_views, batch_size, tokenizer.pad_token_id, len(prefix)):
         teacher_logp, teacher_ids = reference.stacked(idx, batch.answer_ids.shape[1])
-        logits = answer_logits(model, batch.to(device)).cpu()
+        logits = answer_logits(model, batch.to(device), prefix).cpu()
         kl = forward_kl(to_classes(logits, teacher_ids), teacher_logp, batch.answer_mask)
         tokens = int(batch.answer_mask.sum())
         total, count = total + kl.item() * tokens, count + tokens
@@ -88,7 +90,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
         with mode(model):
             prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
             generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, desc=condition)
-            outputs = [samples[0][0] for samples in generations]
+            outputs = [samples[0].text for samples in generations]
             metrics["agreement"] = _mean([float(outputs[i] == reference.all_answers[i])
                                           for i in range(len(records)) if reference.all_answers[i] is not None])
             metrics["kl"] = _mean_kl(model, tokenizer, reference, cfg.batch_size) if len(reference) else 0.0

@@ -187,38 +187,3 @@ def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
     tokenizer.save_pretrained(out)
     return model
 
-
-def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[tuple[int, ...]],
-             max_new_tokens: int, batch_size: int, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float = 1.0, num_samples: int = 1, desc: str = "generate") -> list[list[tuple[str, bool]]]:
-    """Generate for each prompt (ids); returns per prompt ``num_samples`` (text, finished) pairs.
-
-    Batches are length-sorted and left-padded; ``finished`` is False when the generation hit
-    ``max_new_tokens`` before the end-of-turn token. Call under ``teacher_mode`` or ``inference_mode``.
-    """
-    from tqdm.auto import tqdm
-    from transformers import GenerationConfig
-
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    settings = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_samples,
-        eos_token_id=eos, pad_token_id=pad, **({"temperature": temperature, "top_p": top_p} if do_sample else {}),
-    )
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    results: list[list[tuple[str, bool]]] = [[] for _ in prompts]
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
-        idx = order[start : start + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, i in enumerate(idx):
-            input_ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            attention_mask[row, width - len(prompts[i]) :] = 1
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                             generation_config=settings)
-        for row, ids in enumerate(out[:, width:].tolist()):
-            finished = eos in ids
-            text = tokenizer.decode(ids[: ids.index(eos)] if finished else ids, skip_special_tokens=True)
-            results[idx[row // num_samples]].append((text.strip(), finished))
-    return results

@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 
+from . import cache
 from .config import Config, InternalizeError, OutputConfig, save_config
 from .data import Record, read_inputs, read_jsonl, split_inputs, uses_synthesis
 from .evaluation import evaluate, load_scorer
 from .models import load_model, make_student, save_artifact
 from .report import write_report
 from .synthesis import check_synthesis, synthesize
+from .teacher import cache_dir as teacher_cache_dir
 from .teacher import teach
 from .training import fit
 
@@ -118,6 +120,7 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
             if not len(targets):
                 raise InternalizeError(f"the teacher kept no answers out of {len(train)} inputs ({targets.dropped}); "
                                        "check teacher.extract_pattern and teacher.max_new_tokens")
+        with _timed(timings, "reference"):  # the greedy teacher on the held-out inputs, for evaluation
             greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
             reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
         if neutral:  # the original model's own answers: what the student should not lose
@@ -139,6 +142,10 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
             "train_inputs": len(train), "train_answers": len(targets), "eval_inputs": len(held_out),
             "dropped": targets.dropped, "steps": len(history), "timings": timings,
             "total_s": round(sum(timings.values()), 2),
+            "teacher_cache": {"hit": targets.cache_hit, "dir": str(teacher_cache_dir(cfg.teacher) or ""),
+                              "bytes_per_answer_token": cache.bytes_per_token(targets),
+                              "full_vocabulary_bytes_per_token": 4 * model.config.vocab_size},
+            "train_padding_share": round(sum(h["padding"] for h in history) / max(len(history), 1), 4),
         }
         if synthesis:
             info["synthesis"] = synthesis

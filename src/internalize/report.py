@@ -112,6 +112,9 @@ def write_report(out: Path, results: dict[str, ConditionResult], history: list[d
                   f"{f['kl_original_student']:.4f} (0 before).", ""]
     if info.get("dropped"):
         lines += [f"Teacher samples dropped: {info['dropped']}.", ""]
+    if info.get("teacher_cache", {}).get("hit"):
+        lines += [f"The teacher's answers and distributions were reused from the cache in "
+                  f"`{info['teacher_cache']['dir']}` (same weights, context, inputs and teacher settings).", ""]
     if info.get("timings"):
         lines += ["Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in info["timings"].items()) + ".", ""]
     n = min(cfg.eval.num_examples, len(held_out))

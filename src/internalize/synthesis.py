@@ -33,7 +33,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import InternalizeError, SynthesizeConfig, import_callable
 from .data import Record
-from .models import generate, inference_mode
+from .decoding import generate
+from .models import inference_mode
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: 
             outs = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, do_sample=True,
                             temperature=cfg.temperature, top_p=cfg.top_p, desc="synthesize: batch")
             batches += 1
-            lines = [c for samples in outs for text, finished in samples for c in candidate_lines(text, finished)]
+            lines = [c for samples in outs for g in samples for c in candidate_lines(g.text, g.finished)]
             for line, complete in lines:
                 if len(keep.kept) >= cfg.count:
                     break  # lines past the target are not examined, nor counted

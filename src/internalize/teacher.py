@@ -3,9 +3,12 @@
 The teacher is the model conditioned on context + input, run in ``eval()`` under ``no_grad``
 (with LoRA: the same weights, adapters disabled). For each input it generates ``num_samples``
 continuations; a configured extractor pulls the final answer out of a scratch-pad (generations
-whose answer cannot be extracted, or that never finished, are dropped and counted). Then it
-scores the answer tokens conditioned on context + input + scratch-pad and keeps, per token,
-the top-k log-probs plus the tail mass (or the full vocabulary when ``top_k=0``).
+whose answer cannot be extracted, or that never finished, are dropped and counted). The
+distributions over the answer tokens are kept per token as the top-k log-probs plus the tail mass
+(or the full vocabulary when ``top_k=0``). Without an extractor they are recorded while
+generating (the answer is the generation); with one, the extracted answer is scored once more,
+conditioned on context + input + scratch-pad. The shared context is computed once
+(``decoding.Prefix``), and the targets are cached on disk (``cache``) for later runs.
 
     targets = teach(model, tokenizer, records, cfg.teacher)
     targets.student_views[i], targets.logp[i]  # [A_i, k + 1]
@@ -17,18 +20,20 @@ import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import cache
 from .config import TeacherConfig
 from .data import Record
-from .models import generate, teacher_mode
-from .views import View, answer_ids, answer_logits, batches, pad_stack, prompt_ids
+from .decoding import Prefix, answer_logits, batches, generate, topk_with_tail
+from .models import cache_root, teacher_mode
+from .views import View, answer_ids, pad_stack, prompt_ids
 
 log = logging.getLogger(__name__)
-
 
 def extract_answer(generation: str, extractor: str, pattern: str) -> tuple[str, str] | None:
     """Split a generation into (scratch-pad prefix, final answer); None if no answer is found.
@@ -74,6 +79,7 @@ class TeacherTargets:
     ids: list[torch.Tensor] | None = None  # [A_i, k] top-k ids, None for the full vocabulary
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     all_answers: list[str | None] = field(default_factory=list)  # first sample's answer per input (None = dropped)
+    cache_hit: bool = False  # loaded from the teacher cache rather than computed
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -84,60 +90,87 @@ class TeacherTargets:
         return logp, None if self.ids is None else pad_stack([self.ids[i] for i in idx], length)
 
 
-def _topk_with_tail(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[A, V] log-probs -> ([A, k + 1] top-k then tail log-probs, [A, k] ids)."""
-    values, ids = logp.topk(k, dim=-1)
-    tail = torch.log1p(-values.exp().sum(-1, keepdim=True).clamp(max=1.0 - 1e-7))
-    return torch.cat([values, tail], dim=-1), ids
+def cache_dir(cfg: TeacherConfig) -> Path | None:
+    """Where this teacher's targets are cached (None: caching is off)."""
+    if not cfg.cache_dir:
+        return None
+    return cache_root() / "teacher" if cfg.cache_dir == "auto" else Path(cfg.cache_dir).expanduser()
 
 
 def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: TeacherConfig,
           desc: str = "teacher", with_context: bool = True) -> TeacherTargets:
-    """Run the teacher on ``records``: generate, extract, then score the final-answer tokens.
+    """Run the teacher on ``records`` (or reuse its cached run): generate, extract, keep the distributions.
 
     ``with_context=False`` gives the frozen base model's own answers and distributions (the
     reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
+    prompts = [prompt_ids(tokenizer, r["input"], cfg if with_context else None) for r in records]
+    where = cache_dir(cfg)
+    if where is not None:
+        with teacher_mode(model):
+            key = cache.cache_key(model, prompts, records, cfg, tokenizer.eos_token_id)
+        cached = cache.load(where, key)
+        if cached is not None:
+            log.info("%s: reused the teacher's targets from %s", desc, where / key)
+            cached.cache_hit = True
+            return cached
     targets = TeacherTargets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
-    with teacher_mode(model):
-        prompts = [prompt_ids(tokenizer, r["input"], cfg if with_context else None) for r in records]
+    rescore: list[int] = []  # kept samples whose extracted answer is scored after its scratch-pad
+    with teacher_mode(model), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
-                           cfg.temperature, cfg.top_p, cfg.num_samples, desc=f"{desc}: generate")
+                           cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, desc=f"{desc}: generate")
+        student_prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
         for i, (record, prompt, outs) in enumerate(zip(records, prompts, samples, strict=True)):
-            student_prompt = prompt_ids(tokenizer, record["input"])
-            for n, (text, finished) in enumerate(outs):
-                split = extract_answer(text, cfg.extractor, cfg.extract_pattern) if finished else None
+            for n, gen in enumerate(outs):
+                split = extract_answer(gen.text, cfg.extractor, cfg.extract_pattern) if gen.finished else None
                 if n == 0:
                     targets.all_answers.append(split[1] if split else None)
-                if not finished:
+                if not gen.finished:
                     dropped["unfinished (raise teacher.max_new_tokens)"] += 1
                     continue
                 if split is None:
                     dropped["answer not extracted"] += 1
                     continue
                 scratch, answer = split
-                answer_tok = answer_ids(tokenizer, answer)
-                scratch_tok = tuple(tokenizer(scratch, add_special_tokens=False).input_ids) if scratch else ()
+                if cfg.extractor == "none":  # the answer is the generation: its distributions are at hand
+                    view = View(prompt, gen.ids)
+                    targets.logp.append(gen.logp)
+                    if targets.ids is not None:
+                        targets.ids.append(gen.top)
+                else:
+                    scratch_tok = tuple(tokenizer(scratch, add_special_tokens=False).input_ids) if scratch else ()
+                    view = View(prompt + scratch_tok, answer_ids(tokenizer, answer))
+                    rescore.append(len(targets))
                 targets.records.append(record)
                 targets.source.append(i)
-                targets.generations.append(text)
+                targets.generations.append(gen.text)
                 targets.answers.append(answer)
-                targets.teacher_views.append(View(prompt + scratch_tok, answer_tok))
-                targets.student_views.append(View(student_prompt, answer_tok))
+                targets.teacher_views.append(view)
+                targets.student_views.append(View(student_prompts[i], view.answer_ids))
         targets.dropped = dict(dropped)
         if dropped:
             log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
                         sum(map(len, samples)), dict(dropped))
-        scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        device = next(model.parameters()).device
-        groups = batches(targets.teacher_views, cfg.batch_size, tokenizer.pad_token_id) if len(targets) else []
-        for idx, batch in tqdm(groups, desc=f"{desc}: score", unit="batch", disable=None):
-            logp = torch.log_softmax(answer_logits(model, batch.to(device)).float(), dim=-1).cpu()
-            for row, i in enumerate(idx):
-                token_logp = logp[row, : len(targets.teacher_views[i].answer_ids)]
-                scored[i] = _topk_with_tail(token_logp, top_k) if top_k else (token_logp, None)
-    targets.logp = [scored[i][0] for i in range(len(targets))]
-    if targets.ids is not None:
-        targets.ids = [scored[i][1] for i in range(len(targets))]
+        if rescore:
+            scored = _score(model, tokenizer, [targets.teacher_views[i] for i in rescore], top_k, cfg.batch_size, desc)
+            targets.logp = [logp for logp, _ in scored]
+            targets.ids = None if not top_k else [ids for _, ids in scored]
+    if where is not None:
+        cache.save(where, key, targets)
     return targets
+
+
+def _score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, views: list[View], top_k: int,
+           batch_size: int, desc: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The model's log-probs on each view's answer tokens: [A_i, k + 1] and [A_i, k] ids (or [A_i, V], None)."""
+    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model)
+    device = next(model.parameters()).device
+    scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for idx, batch in tqdm(batches(views, batch_size, tokenizer.pad_token_id, len(prefix)), desc=f"{desc}: score",
+                           unit="batch", disable=None):
+        logp = torch.log_softmax(answer_logits(model, batch.to(device), prefix).float(), dim=-1).cpu()
+        for row, i in enumerate(idx):
+            scored[i] = topk_with_tail(logp[row, : len(views[i].answer_ids)], top_k)
+    return [scored[i] for i in range(len(views))]

@@ -3,7 +3,10 @@
 Setup (AdamW over the trainable parameters, warmup then cosine or constant schedule), loop
 (micro-batches with gradient accumulation, clipping, a tqdm bar showing the loss), and a loss
 history the report plots. The teacher is not run here: its distributions were computed by
-``teacher.teach`` before training.
+``teacher.teach`` before training. Micro-batches are length-bucketed (shuffled, then sorted by
+length within pools of ``train.length_buckets`` micro-batches) so little compute goes to padding,
+and the prompt prefix every student view shares (chat header, default system prompt) runs once
+per micro-batch, with gradients, instead of once per sequence.
 
     history = fit(student, tokenizer, targets, cfg.train)
 """
@@ -18,9 +21,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import TrainConfig
+from .decoding import Prefix, answer_logits, collate
 from .losses import distillation_loss
 from .teacher import TeacherTargets
-from .views import answer_logits, collate
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,18 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
     log.info("training %d steps on %d teacher answers (%d trainable parameters)", total, len(targets),
              sum(p.numel() for p in params))
 
+    views = targets.student_views
+    shared = Prefix.shared([v.prompt_ids for v in views])
+
     def micro_batches():
-        while True:  # endless epochs of shuffled micro-batches
-            order = torch.randperm(len(targets), generator=generator).tolist()
-            for start in range(0, len(order), cfg.batch_size):
-                yield order[start : start + cfg.batch_size]
+        while True:  # endless epochs of shuffled, length-bucketed micro-batches
+            order = torch.randperm(len(views), generator=generator).tolist()
+            pool = cfg.batch_size * cfg.length_buckets
+            chunks = []
+            for start in range(0, len(order), pool):
+                block = sorted(order[start : start + pool], key=lambda i: len(views[i].prompt_ids) + len(views[i].answer_ids))
+                chunks += [block[i : i + cfg.batch_size] for i in range(0, len(block), cfg.batch_size)]
+            yield from (chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist())
 
     stream = micro_batches()
     history: list[dict[str, float]] = []
@@ -69,13 +79,15 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
     # loop
     for step in bar:
         loss_sum = torch.zeros((), device=device)
+        padding = 0.0
         for _ in range(cfg.grad_accum):
             idx = next(stream)
-            batch = collate([targets.student_views[i] for i in idx], tokenizer.pad_token_id).to(device)
+            batch = collate([views[i] for i in idx], tokenizer.pad_token_id, len(shared)).to(device)
+            padding += batch.padding_share / cfg.grad_accum
             teacher_logp, teacher_ids = targets.stacked(idx, batch.answer_ids.shape[1])
             teacher_logp = teacher_logp.to(device)
             teacher_ids = None if teacher_ids is None else teacher_ids.to(device)
-            logits = answer_logits(model, batch)
+            logits = answer_logits(model, batch, shared.prefill(model))
             loss = distillation_loss(logits, teacher_logp, teacher_ids, batch.answer_ids, batch.answer_mask,
                                      cfg.loss, cfg.jsd_beta, cfg.ce_weight)
             (loss / cfg.grad_accum).backward()
@@ -87,7 +99,7 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         # log
-        record = {"step": step + 1, "loss": loss_sum.item(), "lr": lr}
+        record = {"step": step + 1, "loss": loss_sum.item(), "lr": lr, "padding": round(padding, 4)}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
     model.eval()

@@ -1,0 +1,471 @@
+"""Side-by-side benchmark: internalize vs TRL's SDFTTrainer on the main job (examples/over.yaml).
+
+The job: SmolLM2-135M-Instruct should end every answer with "Over." without being told. The
+context (system instruction + three demonstration turns from examples/over.yaml) is distilled
+into LoRA weights (r=16, alpha=32, dropout 0, internalize's default target modules) from the 130
+training questions. Both sides are scored by the same function, ``score_student``: the share of
+the 30 held-out questions whose greedy answer without any context (at most 64 new tokens)
+matches ``eval.scorer_regex`` (``Over\\.\\s*$``).
+
+TRL side (``run_trl``): ``trl.experimental.sdft.SDFTTrainer`` (TRL 1.16), given the local plain
+safetensors copy of the model as its model path. Each dataset row is
+``{"prompt": [{"role": "user", "content": QUESTION}], "privileged_context": CONTEXT}``; the
+student prompt is then token-identical to internalize's student view. TRL builds the teacher
+prompt by putting ``teacher_prompt_template`` into the last user turn; with
+``"{privileged_context}{prompt}"`` and CONTEXT = ``"<|im_end|>\\n"`` + the rendered ChatML of the
+system instruction and demonstration turns + ``"<|im_start|>user\\n"``, the teacher sees the
+default system prompt, an empty user turn, then exactly internalize's teacher prompt (the teacher
+ends 30/30 held-out answers with "Over.", answering each question). Other forms are worse for
+this 135M model: context as chat messages is flattened into the user turn (1-3/30); ChatML
+context after the question (TRL's default template) scores 30/30 but answers the last
+demonstration's question every time; ChatML context before a rendered-string prompt puts the
+default system prompt after the demonstrations (14/30). ``--check-teacher`` measures the teacher
+prompted exactly as TRL prompts it.
+
+internalize side (``run_internalize``): the teacher (no cache) then ``fit``, timed together.
+
+Time to quality: each TRL run scores its student every ``score_every`` updates (the clock stops
+while scoring) and stops when it reaches 90% of the teacher's held-out score; internalize's time is
+its teacher stage plus training for a recipe that reaches it. ``--settings compare`` is the
+side-by-side reported in BENCHMARKS.md.
+
+Run it from the benchmark venv (see benchmarks/requirements-trl.txt), alone on the machine:
+
+    .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --settings quick --threads 1  # smoke: 2 updates
+    .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --check-teacher --settings quick
+    .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --settings sweep             # the SWEEP below
+    .venv-bench/bin/python benchmarks/vs_trl.py --settings compare                      # BENCHMARKS.md
+
+Results go to benchmarks/results/vs_trl.json (rewritten after every run, so a stopped sweep
+keeps the runs it finished): the command, the machine, library versions and each run's figures
+(training wall time, updates, seconds per update, held-out score, answers, loss log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl.experimental warns on import that its API may change
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_FILE = ROOT / "examples" / "over.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "vs_trl.json"
+TEACHER_TEMPLATE = "{privileged_context}{prompt}"  # TRL fills the last user turn with this
+
+
+def score_student(model: Any, tokenizer: Any, prompts: list[tuple[int, ...]] | None = None) -> dict[str, Any]:
+    """Score ``model`` on the held-out questions with internalize's own functions (both sides use this).
+
+    ``prompts`` defaults to the student view (the question alone, chat template applied); pass
+    token ids to score other prompts (``--check-teacher`` passes TRL's teacher prompts).
+    Returns ``{"score": share matching eval.scorer_regex, "n": ..., "answers": [...], "scored_with": ...}``.
+    This is the one place that calls internalize's evaluation API; adapt it here if that changes.
+    """
+    from internalize.config import EvalConfig
+    from internalize.evaluation import load_scorer
+    from internalize.models import inference_mode
+    from internalize.views import prompt_ids
+
+    try:  # the rewrite moves generate to internalize.decoding and returns Generation objects
+        from internalize.decoding import generate
+    except ImportError:  # before it: internalize.models.generate, returning (text, finished) pairs
+        from internalize.models import generate
+
+    job = load_job()
+    cfg = EvalConfig(scorer_regex=job["eval"]["scorer_regex"], max_new_tokens=job["eval"]["max_new_tokens"])
+    scorer = load_scorer(cfg)
+    records = job["held_out"]
+    if prompts is None:
+        prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
+    with inference_mode(model):
+        generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, desc="score")
+    answers = [samples[0][0] if isinstance(samples[0], tuple) else samples[0].text for samples in generations]
+    hits = [scorer(r, a) for r, a in zip(records, answers, strict=True)]
+    return {"score": sum(hits) / len(hits), "n": len(hits), "answers": answers,
+            "scored_with": f"{generate.__module__}.generate"}
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+# Held fixed in every TRL run; they match examples/over.yaml and internalize's training defaults
+# where SDFTConfig has the same knob (batch 8, AdamW, no weight decay, 10% warmup then cosine,
+# grad-norm clip 1.0, seed 0, 64 new tokens, fp32).
+DEFAULTS: dict[str, Any] = {
+    "lr": 2e-4,                         # SDFTConfig.learning_rate
+    "updates": 30,                      # SDFTConfig.max_steps: optimizer updates
+    "generate_from_teacher": False,     # False: on-policy (the student samples from its own prompt), SDFT's default
+    "distillation_mode": "topk_logits",  # or "full_logits" (whole vocabulary); SDFT's default is top-k
+    "distillation_topk": 100,           # SDFT default (topk_logits only)
+    "alpha": 0.5,                       # SDFTConfig.distillation_alpha, SDFT default; 0 = forward KL (internalize's default)
+    "batch_size": 8,                    # prompts per update, one completion each (num_generations=1)
+    "temperature": 1.0,                 # SDFT default sampling temperature (also divides the logits in the loss)
+    "seed": 0,
+    "train_limit": None,                # use only the first N training questions (None: all 130)
+    "score_every": 5,                   # score the TRL student every N updates (the clock stops meanwhile)
+    "target": 0.9,                      # 90% of the teacher's held-out score (the teacher scores 30/30)
+}
+
+# The smoke setting: two updates end to end (load, train, score the 30 held-out questions).
+QUICK = [{"name": "quick", "updates": 2, "score_every": 1,
+          "overrides": ["data.max_train=16", "train.max_steps=2"]}]
+
+# What the comparison runs: internalize's recipes (the main job's, and the fastest found by
+# benchmarks/recipe_sweep.py), then TRL, each TRL run capped at 20 updates (about 400 s here,
+# over 10x internalize's time to the target) and stopped once its student reaches the target.
+COMPARE = [
+    {"name": "internalize_main_job", "side": "internalize", "overrides": []},
+    {"name": "internalize_fast", "side": "internalize",
+     "overrides": ["data.max_train=64", "train.lr=2e-3", "train.max_steps=8"]},
+    {"name": "trl_lr5e-4", "side": "trl", "lr": 5e-4, "updates": 20},
+    {"name": "trl_lr2e-3", "side": "trl", "lr": 2e-3, "updates": 20},
+    # closest to internalize's recipe: answers written under the teacher prompt, full-vocabulary forward KL
+    {"name": "trl_best_teachergen_full_fkl", "side": "trl", "lr": "best", "updates": 20,
+     "generate_from_teacher": True, "distillation_mode": "full_logits", "alpha": 0.0},
+]
+
+# A fair small sweep (8 runs, 390 updates in all). "lr": "best" takes the learning rate of the
+# best-scoring earlier run in this sweep with the same number of updates and default flags.
+SWEEP = [
+    {"name": "lr5e-5_u30", "lr": 5e-5, "updates": 30},
+    {"name": "lr2e-4_u30", "lr": 2e-4, "updates": 30},
+    {"name": "lr5e-4_u30", "lr": 5e-4, "updates": 30},
+    {"name": "lr2e-4_u60", "lr": 2e-4, "updates": 60},
+    {"name": "lr5e-4_u60", "lr": 5e-4, "updates": 60},
+    {"name": "best_u60_teachergen", "lr": "best", "updates": 60, "generate_from_teacher": True},
+    {"name": "best_u60_full", "lr": "best", "updates": 60, "distillation_mode": "full_logits"},
+    # closest to internalize's recipe: the teacher writes the answers, full-vocabulary divergence
+    {"name": "best_u60_teachergen_full", "lr": "best", "updates": 60, "generate_from_teacher": True,
+     "distillation_mode": "full_logits"},
+]
+
+SETTINGS = {"quick": QUICK, "sweep": SWEEP, "compare": COMPARE}
+
+
+# --- the job --------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@functools.cache
+def load_job() -> dict[str, Any]:
+    """examples/over.yaml plus its train and held-out records."""
+    job = yaml.safe_load(JOB_FILE.read_text())
+    job["train"] = _read_jsonl(ROOT / job["data"]["train_file"])  # the YAML's own train: section is not needed here
+    job["held_out"] = _read_jsonl(ROOT / job["data"]["eval_file"])
+    return job
+
+
+@functools.cache
+def base_model() -> tuple[Any, Any, str]:
+    """(model, tokenizer, local model directory) as internalize loads them (fp32, plain safetensors copy)."""
+    from internalize.config import ModelConfig
+    from internalize.models import load_model
+
+    model, tokenizer = load_model(ModelConfig())
+    return model, tokenizer, model.name_or_path
+
+
+def lora_config() -> Any:
+    from peft import LoraConfig
+
+    from internalize.config import ModelConfig
+
+    m = ModelConfig()  # r=16, alpha=32, dropout 0 and the target modules internalize uses
+    return LoraConfig(r=m.lora_r, lora_alpha=m.lora_alpha, lora_dropout=m.lora_dropout,
+                      target_modules=list(m.lora_target_modules), task_type="CAUSAL_LM")
+
+
+def student_prompt(question: str) -> list[dict[str, str]]:
+    """The question alone as chat messages (TRL renders it to internalize's student view)."""
+    return [{"role": "user", "content": question}]
+
+
+def teacher_context(tokenizer: Any) -> str:
+    """The privileged context: rendered ChatML of the system instruction and the demonstration turns.
+
+    TRL inserts it at the start of the student's user turn, so it first closes that (empty) turn
+    and ends by opening the user turn that the question completes."""
+    teacher = load_job()["teacher"]
+    messages = [{"role": "system", "content": teacher["context"]}]
+    for demo in teacher["demonstrations"]:
+        messages += [{"role": "user", "content": demo["input"]}, {"role": "assistant", "content": demo["output"]}]
+    return "<|im_end|>\n" + tokenizer.apply_chat_template(messages, tokenize=False) + "<|im_start|>user\n"
+
+
+def trl_dataset(tokenizer: Any, limit: int | None = None) -> Any:
+    from datasets import Dataset
+
+    context = teacher_context(tokenizer)
+    rows = load_job()["train"][:limit]
+    return Dataset.from_list([{"prompt": student_prompt(r["input"]), "privileged_context": context} for r in rows])
+
+
+def trl_teacher_prompt(tokenizer: Any, question: str) -> tuple[str, tuple[int, ...]]:
+    """(text, ids) of the teacher prompt exactly as SDFTTrainer builds and tokenizes it."""
+    from types import SimpleNamespace
+
+    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+
+    stub = SimpleNamespace(args=SimpleNamespace(teacher_prompt_template=TEACHER_TEMPLATE))
+    messages = DemonstrationTeacherContextBuilder(stub)._compose_teacher_prompt(student_prompt(question),
+                                                                                 teacher_context(tokenizer))
+    ids = tokenizer.apply_chat_template([messages], add_generation_prompt=True, tokenize=True, return_dict=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), tuple(ids["input_ids"][0])
+
+
+# --- the two sides --------------------------------------------------------------------------------
+
+
+def run_trl(setting: dict[str, Any]) -> dict[str, Any]:
+    """Train one TRL SDFT setting from the base model and score it; return its figures."""
+    import torch
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    s = {**DEFAULTS, **setting}
+    job = load_job()
+    _, tokenizer, model_dir = base_model()
+    dataset = trl_dataset(tokenizer, s["train_limit"])
+    with tempfile.TemporaryDirectory(prefix="vs_trl-") as out:
+        args = SDFTConfig(
+            output_dir=out,
+            max_steps=s["updates"],
+            learning_rate=s["lr"],
+            per_device_train_batch_size=s["batch_size"],
+            gradient_accumulation_steps=1,
+            num_generations=1,
+            max_prompt_length=512,  # the teacher prompt is about 130 tokens: nothing is cut
+            max_completion_length=job["teacher"]["max_new_tokens"],
+            temperature=s["temperature"],
+            generate_from_teacher=s["generate_from_teacher"],
+            distillation_mode=s["distillation_mode"],
+            distillation_topk=s["distillation_topk"],
+            distillation_alpha=s["alpha"],
+            teacher_model_kind="base",  # LoRA: the teacher is the base weights with the adapter off, as in internalize
+            teacher_prompt_template=TEACHER_TEMPLATE,
+            lr_scheduler_type="cosine",
+            warmup_steps=int(0.1 * s["updates"]),  # internalize: int(warmup_ratio * total)
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            seed=s["seed"],
+            bf16=False,  # TRL's default is bf16 (4-9x slower on this CPU, see BENCHMARKS.md)
+            gradient_checkpointing=False,  # TRL's default is on; internalize does not checkpoint
+            model_init_kwargs={"dtype": "float32"},
+            use_cpu=not torch.cuda.is_available(),
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+        )
+        start = time.perf_counter()
+        trainer = SDFTTrainer(model=model_dir, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=lora_config())
+        setup_s = time.perf_counter() - start
+        checkpoints = Checkpoints(tokenizer, s["score_every"], s["target"])
+        trainer.add_callback(checkpoints.callback)
+        checkpoints.start = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - checkpoints.start - checkpoints.scoring_s
+    start = time.perf_counter()
+    scored = score_student(trainer.model, tokenizer)
+    score_s = time.perf_counter() - start
+    updates = trainer.state.global_step
+    losses = [round(h["loss"], 5) for h in trainer.state.log_history if "loss" in h]
+    return {"side": "trl", "name": s.get("name", ""), "setting": {k: v for k, v in s.items() if k != "name"},
+            "checkpoints": checkpoints.results, "time_to_target_s": checkpoints.time_to_target(),
+            "updates": updates, "train_s": round(train_s, 2), "s_per_update": round(train_s / max(updates, 1), 2),
+            "setup_s": round(setup_s, 2), "score_s": round(score_s, 2), "score": scored["score"], "n": scored["n"],
+            "losses": losses, "answers": scored["answers"], "scored_with": scored["scored_with"]}
+
+
+class Checkpoints:
+    """A TRL callback: every ``every`` updates, score the student (the clock stops while scoring) and
+    stop training once the score reaches ``target``."""
+
+    def __init__(self, tokenizer: Any, every: int, target: float) -> None:
+        from transformers import TrainerCallback
+
+        self.tokenizer, self.every, self.target = tokenizer, every, target
+        self.start, self.scoring_s, self.results = 0.0, 0.0, []
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+                if state.global_step % outer.every == 0 or state.global_step == state.max_steps:
+                    begin = time.perf_counter()
+                    elapsed = begin - outer.start - outer.scoring_s
+                    score = score_student(model, outer.tokenizer)["score"]
+                    outer.results.append({"updates": state.global_step, "train_s": round(elapsed, 2), "score": score})
+                    print(f"  trl checkpoint: {outer.results[-1]}", flush=True)
+                    outer.scoring_s += time.perf_counter() - begin
+                    if score >= outer.target:
+                        control.should_training_stop = True
+                return control
+
+        self.callback = _Callback()
+
+    def time_to_target(self) -> float | None:
+        return next((r["train_s"] for r in self.results if r["score"] >= self.target), None)
+
+
+def run_internalize(setting: dict[str, Any]) -> dict[str, Any]:
+    """internalize on the same job: teacher (answers + distributions, shared prefix, no cache) then ``fit``.
+
+    The clock covers the teacher stage and training, as TRL's covers its training (which generates
+    and scores with its teacher inside); model loading is excluded on both sides.
+    """
+    import torch
+
+    from internalize.config import load_config
+    from internalize.data import read_inputs, split_inputs
+    from internalize.models import load_model, make_student
+    from internalize.teacher import teach
+    from internalize.training import fit
+
+    s = {**DEFAULTS, **setting}
+    overrides = ["teacher.cache_dir=", *s.get("overrides", [])]
+    cfg = load_config(JOB_FILE, overrides)
+    train, _ = split_inputs(cfg.data, *read_inputs(cfg.data))
+    model, tokenizer = load_model(cfg.model)
+    student = make_student(model, cfg.model)
+    torch.manual_seed(cfg.train.seed)
+    start = time.perf_counter()
+    targets = teach(student, tokenizer, train, cfg.teacher)
+    teacher_s = time.perf_counter() - start
+    history = fit(student, tokenizer, targets, cfg.train)
+    total_s = time.perf_counter() - start
+    scored = score_student(student, tokenizer)
+    reached = scored["score"] >= s["target"]
+    return {"side": "internalize", "name": s.get("name", ""), "setting": {"overrides": overrides},
+            "updates": len(history), "teacher_s": round(teacher_s, 2), "train_s": round(total_s, 2),
+            "s_per_update": round((total_s - teacher_s) / max(len(history), 1), 2),
+            "time_to_target_s": round(total_s, 2) if reached else None, "score": scored["score"], "n": scored["n"],
+            "losses": [round(h["loss"], 5) for h in history], "answers": scored["answers"]}
+
+
+# --- CLI ------------------------------------------------------------------------------------------
+
+
+def check_teacher() -> dict[str, Any]:
+    """How often the teacher (base weights, TRL's teacher prompt, greedy) ends with 'Over.' on the held-out set."""
+    model, tokenizer, _ = base_model()
+    prompts = [trl_teacher_prompt(tokenizer, r["input"])[1] for r in load_job()["held_out"]]
+    return score_student(model, tokenizer, prompts)
+
+
+def resolve(setting: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, Any]:
+    """Replace ``lr: "best"`` with the learning rate of the best earlier default-flag TRL run with as many updates
+    (the one that reached the target soonest, else the best score at any checkpoint)."""
+    if setting.get("lr") != "best":
+        return setting
+    flags = ("generate_from_teacher", "distillation_mode", "alpha")
+    pool = [r for r in done if r["side"] == "trl" and r["setting"]["updates"] == setting["updates"]
+            and all(r["setting"][f] == DEFAULTS[f] for f in flags)]
+    if not pool:
+        raise SystemExit(f"setting {setting['name']}: lr='best' needs an earlier default-flag run "
+                         f"with {setting['updates']} updates")
+    def rank(r: dict[str, Any]) -> tuple[float, float]:  # reached the target soonest, else the best score
+        return (-(r["time_to_target_s"] or float("inf")), max(c["score"] for c in r["checkpoints"]))
+
+    return {**setting, "lr": max(pool, key=rank)["setting"]["lr"]}
+
+
+def git_state() -> str:
+    """The repository commit, with '+dirty' when the working tree differs (src/ is installed editable)."""
+    import subprocess
+
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain", "--", "src") else "")
+
+
+def environment(threads: int | None) -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "threads_flag": threads,
+                    "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                     "peft": peft.__version__, "internalize": git_state()},
+    }
+
+
+def summary(runs: list[dict[str, Any]]) -> str:
+    head = f"{'side':<11} {'name':<26} {'lr':>8} {'upd':>4} {'gen_teacher':>11} {'mode':>11} " \
+           f"{'train s':>8} {'s/upd':>6} {'score':>7}"
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        s = r["setting"]
+        lines.append(f"{r['side']:<11} {r['name']:<26} {s.get('lr', ''):>8} {r['updates']:>4} "
+                     f"{str(s.get('generate_from_teacher', '')):>11} {s.get('distillation_mode', ''):>11} "
+                     f"{r['train_s']:>8.1f} {r['s_per_update']:>6.2f} {round(r['score'] * r['n']):>4}/{r['n']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--settings", choices=sorted(SETTINGS), default="quick", help="which list of settings to run")
+    parser.add_argument("--trl-only", action="store_true", help="skip the internalize side")
+    parser.add_argument("--check-teacher", action="store_true",
+                        help="first score the teacher itself on TRL's teacher prompts (30 greedy generations)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    record: dict[str, Any] = {**environment(args.threads), "settings": args.settings, "runs": []}
+    _, tokenizer, model_dir = base_model()
+    record["model_dir"] = model_dir
+    record["teacher_prompt_example"] = trl_teacher_prompt(tokenizer, load_job()["held_out"][0]["input"])[0]
+    print("teacher prompt given to TRL (first held-out question):\n" + record["teacher_prompt_example"], flush=True)
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+    if args.check_teacher:
+        start = time.perf_counter()
+        check = check_teacher()
+        record["teacher_check"] = {**check, "seconds": round(time.perf_counter() - start, 2)}
+        print(f"teacher on TRL's teacher prompts: {round(check['score'] * check['n'])}/{check['n']} end with 'Over.', "
+              f"e.g. {check['answers'][:3]}", flush=True)
+        save()
+    for setting in SETTINGS[args.settings]:
+        sides = [setting["side"]] if "side" in setting else ["internalize", "trl"]
+        for side in sides:
+            if side == "internalize" and args.trl_only:
+                continue
+            run = run_internalize if side == "internalize" else run_trl
+            result = run(resolve(setting, record["runs"]))
+            record["runs"].append(result)
+            save()
+            print(f"{result['side']} {result['name']}: {result['updates']} updates in {result['train_s']:.1f} s "
+                  f"({result['s_per_update']:.2f} s/update), score {result['score']:.3f}", flush=True)
+    print("\n" + summary(record["runs"]))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Teacher cache: the teacher's answers and distributions on disk, reused across runs.
+
+The teacher is frozen, so a run that changes only student settings (learning rate, epochs, LoRA
+rank, loss) needs none of its work again. ``teacher.teach`` stores its targets under
+``teacher.cache_dir/<key>/``: safetensors shards of answer-token log-probs (top-k plus the tail
+mass, or the full vocabulary) and a JSON manifest (views, answers, per-shard sha256). The key
+hashes everything the teacher's output depends on: the weights themselves (not their path), the
+prompt token ids (so the context, the inputs, the tokenizer and the chat template), and the
+teacher's generation, extraction and top-k settings. A shard whose checksum does not match is
+reported and recomputed, never used; a cache from another model or context has another key.
+
+    key = cache_key(model, prompts, records, cfg)
+    targets = load(directory, key)          # None when absent or corrupt
+    save(directory, key, targets)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import TeacherConfig
+from .views import View
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from .teacher import TeacherTargets
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+SAMPLES_PER_SHARD = 4096
+
+
+def weights_fingerprint(model: PreTrainedModel) -> str:
+    """Hash of the frozen weights (LoRA adapters excluded) and the architecture; not of their path."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            continue
+        plain = name.removeprefix("base_model.model.").replace(".base_layer", "")  # as without LoRA
+        digest.update(f"{plain}:{p.dtype}:{tuple(p.shape)}".encode())
+        digest.update(memoryview(p.detach().cpu().contiguous().view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def cache_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], records: list[dict[str, Any]],
+              cfg: TeacherConfig, eos_id: int) -> str:
+    """The key of a teacher run: weights, prompt ids, inputs and teacher settings."""
+    settings = {k: getattr(cfg, k) for k in ("max_new_tokens", "do_sample", "num_samples", "extractor",
+                                             "extract_pattern", "top_k")}
+    if cfg.do_sample:
+        settings |= {"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
+    parts = {"format": FORMAT, "weights": weights_fingerprint(model), "eos": eos_id, "settings": settings,
+             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+             "records": hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def save(directory: str | Path, key: str, targets: TeacherTargets) -> Path:
+    """Write ``targets`` under ``directory/key`` atomically (shards, then the manifest, then a rename)."""
+    final = Path(directory).expanduser() / key
+    tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shards = []
+    for n, start in enumerate(range(0, max(len(targets), 1), SAMPLES_PER_SHARD)):
+        idx = range(start, min(start + SAMPLES_PER_SHARD, len(targets)))
+        tensors = {"lengths": torch.tensor([targets.logp[i].shape[0] for i in idx], dtype=torch.long)}
+        if len(idx):
+            tensors["logp"] = torch.cat([targets.logp[i] for i in idx]).float().contiguous()
+            if targets.ids is not None:
+                tensors["ids"] = torch.cat([targets.ids[i] for i in idx]).to(torch.int32).contiguous()
+        name = f"shard-{n:05d}.safetensors"
+        save_file(tensors, tmp / name)
+        shards.append({"file": name, "samples": len(idx), "sha256": _sha256(tmp / name)})
+    manifest = {
+        "format": FORMAT, "key": key, "shards": shards, "topk": targets.ids is not None,
+        "records": targets.records, "source": targets.source, "generations": targets.generations,
+        "answers": targets.answers, "dropped": targets.dropped, "all_answers": targets.all_answers,
+        "teacher_views": [[v.prompt_ids, v.answer_ids] for v in targets.teacher_views],
+        "student_views": [[v.prompt_ids, v.answer_ids] for v in targets.student_views],
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final
+
+
+def load(directory: str | Path, key: str) -> TeacherTargets | None:
+    """The cached targets for ``key``; None when there are none or they fail a check (then logged)."""
+    from .teacher import TeacherTargets
+
+    where = Path(directory).expanduser() / key
+    if not (where / "manifest.json").exists():
+        return None
+    try:
+        manifest = json.loads((where / "manifest.json").read_text())
+        if manifest.get("format") != FORMAT or manifest.get("key") != key:
+            raise ValueError("written for another key or format")
+        logp: list[torch.Tensor] = []
+        ids: list[torch.Tensor] = []
+        for shard in manifest["shards"]:
+            path = where / shard["file"]
+            if _sha256(path) != shard["sha256"]:
+                raise ValueError(f"{shard['file']} fails its sha256 checksum")
+            tensors = load_file(path)
+            lengths = tensors["lengths"].tolist()
+            if len(lengths) != shard["samples"]:
+                raise ValueError(f"{shard['file']} holds {len(lengths)} samples, the manifest says {shard['samples']}")
+            if lengths:
+                logp += list(tensors["logp"].split(lengths))
+                if manifest["topk"]:
+                    ids += [t.long() for t in tensors["ids"].split(lengths)]
+        views = {k: [View(tuple(p), tuple(a)) for p, a in manifest[k]] for k in ("teacher_views", "student_views")}
+        if len(logp) != len(manifest["answers"]):
+            raise ValueError("shards and manifest disagree on the number of answers")
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # JSONDecodeError is a ValueError
+        log.warning("teacher cache %s is unusable (%s); recomputing the teacher", where, e)
+        return None
+    return TeacherTargets(
+        records=manifest["records"], source=manifest["source"], generations=manifest["generations"],
+        answers=manifest["answers"], teacher_views=views["teacher_views"], student_views=views["student_views"],
+        logp=logp, ids=ids if manifest["topk"] else None, dropped=manifest["dropped"],
+        all_answers=manifest["all_answers"],
+    )
+
+
+def bytes_per_token(targets: TeacherTargets) -> float:
+    """Stored bytes per answer token (log-probs fp32, ids int32)."""
+    if not len(targets):
+        return 0.0
+    width = targets.logp[0].shape[-1] * 4 + (targets.ids[0].shape[-1] * 4 if targets.ids is not None else 0)
+    return float(width)

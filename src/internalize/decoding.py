@@ -1,0 +1,237 @@
+"""Decoding: batched forward passes and generation that compute the shared prompt prefix once.
+
+Every teacher prompt of a run starts with the same tokens (chat header, context, demonstration
+turns), and every student prompt with the same chat header and default system prompt.
+``Prefix.shared`` finds the longest common prefix of a set of prompts and ``prefill`` runs the
+model on it once; each batch then runs only the rest of its sequences, left-padded after the
+prefix with explicit positions, attending to the prefix's key/value cache. Results equal the
+uncached forward (tested to tolerance on a tiny model and on SmolLM2). In training the prefix is
+re-run with gradients once per micro-batch, instead of once per sequence.
+
+    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model)
+    logits = answer_logits(model, collate(views, pad_id, len(prefix)), prefix)  # [B, A, V]
+    outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, distributions=128)
+
+``generate`` is greedy or sampled decoding with early exit of finished rows; with
+``distributions`` it also keeps, for every generated token, the model's log-probs (top-k plus the
+tail mass, or the full vocabulary): the teacher's distributions come free with its answers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+
+from .views import View
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix all ``sequences`` share (0 for none or an empty list)."""
+    if not sequences:
+        return 0
+    first, n = sequences[0], min(map(len, sequences))
+    for other in sequences[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
+
+
+@dataclass
+class Prefix:
+    """Prompt tokens every sequence of a batch starts with, and (after ``prefill``) their key/value cache."""
+
+    ids: tuple[int, ...] = ()
+    cache: DynamicCache | None = None  # batch size 1
+
+    @classmethod
+    def shared(cls, prompts: Sequence[Sequence[int]]) -> Prefix:
+        """The common prefix of ``prompts``, leaving at least one token of every prompt after it."""
+        if os.environ.get("INTERNALIZE_NO_PREFIX_CACHE", "0") != "0" or not prompts:  # for side-by-side benchmarks
+            return cls()
+        n = min(common_prefix_length(prompts), min(map(len, prompts)) - 1)
+        return cls(tuple(prompts[0][: max(n, 0)]))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def prefill(self, model: PreTrainedModel) -> Prefix:
+        """Run the model on the prefix (with gradients if enabled) and keep its cache."""
+        if not self.ids:
+            return self
+        device = next(model.parameters()).device
+        out = model(input_ids=torch.tensor([self.ids], device=device), use_cache=True, logits_to_keep=1)
+        return Prefix(self.ids, out.cache)
+
+    def expanded(self, model: PreTrainedModel, batch_size: int) -> DynamicCache | None:
+        """A fresh cache holding the prefix ``batch_size`` times (the prefix's own cache is never changed)."""
+        if self.cache is None:
+            return None
+        cache = DynamicCache(config=model.config)
+        for i, layer in enumerate(self.cache.layers):
+            cache.update(layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1), i)
+        return cache
+
+
+@dataclass
+class Batch:
+    """Views after a shared prefix, left-padded. ``answer_pos[b, j]`` indexes the kept logits predicting answer token j."""
+
+    input_ids: torch.Tensor  # [B, S] prompt (after the prefix) then answer, left-padded
+    attention_mask: torch.Tensor  # [B, P + S]: the prefix, then 0 on padding
+    position_ids: torch.Tensor  # [B, S] positions continue after the prefix, skipping padding
+    answer_pos: torch.Tensor  # [B, A] indices into the last `keep` logits
+    answer_ids: torch.Tensor  # [B, A]
+    answer_mask: torch.Tensor  # [B, A] bool, False on padding
+    keep: int  # logits_to_keep: only the positions that predict answer tokens are projected
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
+                                               self.answer_pos, self.answer_ids, self.answer_mask)), self.keep)
+
+    @property
+    def padding_share(self) -> float:
+        """Share of the batch's (non-prefix) token slots that are padding."""
+        return 1.0 - self.attention_mask[:, -self.input_ids.shape[1] :].float().mean().item()
+
+
+def collate(views: Sequence[View], pad_id: int, prefix_len: int = 0) -> Batch:
+    """Left-pad the views (minus their first ``prefix_len`` tokens, shared by all) into one batch."""
+    seqs = [v.prompt_ids[prefix_len:] + v.answer_ids for v in views]
+    length, answers = max(map(len, seqs)), max(len(v.answer_ids) for v in views)
+    keep = answers + 1
+    input_ids = torch.full((len(views), length), pad_id, dtype=torch.long)
+    attention_mask = torch.ones(len(views), prefix_len + length, dtype=torch.long)
+    position_ids = torch.full((len(views), length), prefix_len, dtype=torch.long)
+    answer_pos = torch.zeros(len(views), answers, dtype=torch.long)
+    answer_tok = torch.full((len(views), answers), pad_id, dtype=torch.long)
+    answer_mask = torch.zeros(len(views), answers, dtype=torch.bool)
+    for b, (v, seq) in enumerate(zip(views, seqs, strict=True)):
+        pad, n = length - len(seq), len(v.answer_ids)
+        input_ids[b, pad:] = torch.tensor(seq)
+        attention_mask[b, prefix_len : prefix_len + pad] = 0
+        position_ids[b, pad:] = torch.arange(prefix_len, prefix_len + len(seq))
+        # answer token j sits at length - n + j and is predicted by the logits one position earlier
+        answer_pos[b, :n] = torch.arange(n) + keep - n - 1
+        answer_tok[b, :n] = torch.tensor(v.answer_ids)
+        answer_mask[b, :n] = True
+    return Batch(input_ids, attention_mask, position_ids, answer_pos, answer_tok, answer_mask, keep)
+
+
+def batches(views: Sequence[View], batch_size: int, pad_id: int, prefix_len: int = 0) -> list[tuple[list[int], Batch]]:
+    """Length-sorted batches (little padding) with the original indices of their views."""
+    order = sorted(range(len(views)), key=lambda i: len(views[i].prompt_ids) + len(views[i].answer_ids))
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [(idx, collate([views[i] for i in idx], pad_id, prefix_len)) for idx in chunks]
+
+
+def _contiguous_head_input(model: PreTrainedModel) -> None:
+    """Make the output projection see a contiguous input: the kept positions are a slice, which
+    ``F.linear`` would otherwise run as a batched matmul with the [V, d] weight broadcast (2x slower)."""
+    head = model.get_output_embeddings()
+    if head is not None and not getattr(head, "_contiguous_input", False):
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        head._contiguous_input = True
+
+
+def forward(model: PreTrainedModel, batch: Batch, cache: DynamicCache | None, keep: int) -> torch.Tensor:
+    """Logits ``[B, keep, V]`` of the batch's last ``keep`` positions; ``cache`` holds the prefix (grows in place)."""
+    _contiguous_head_input(model)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                cache=cache, use_cache=cache is not None, logits_to_keep=keep)
+    return out.logits
+
+
+def answer_logits(model: PreTrainedModel, batch: Batch, prefix: Prefix | None = None) -> torch.Tensor:
+    """Logits ``[B, A, V]`` predicting each answer token; only answer positions are projected."""
+    cache = prefix.expanded(model, batch.input_ids.shape[0]) if prefix is not None else None
+    logits = forward(model, batch, cache, batch.keep)
+    return logits.gather(1, batch.answer_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
+def topk_with_tail(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[..., V] log-probs -> ([..., k + 1] top-k then tail log-probs, [..., k] ids); k = 0 keeps all."""
+    if not k or k >= logp.shape[-1]:
+        return logp, None
+    values, ids = logp.topk(k, dim=-1)
+    tail = torch.log1p(-values.exp().sum(-1, keepdim=True).clamp(max=1.0 - 1e-7))
+    return torch.cat([values, tail], dim=-1), ids
+
+
+@dataclass
+class Generation:
+    """One generated continuation."""
+
+    text: str  # decoded, special tokens skipped, stripped
+    finished: bool  # ended with the end-of-turn token (False: hit max_new_tokens)
+    ids: tuple[int, ...]  # generated ids, through the end-of-turn token when finished
+    logp: torch.Tensor | None = None  # [len(ids), C] the model's log-probs at each generated token
+    top: torch.Tensor | None = None  # [len(ids), k] their token ids (None: full vocabulary)
+
+
+def _choose(logp: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
+    """Next token per row: argmax, or a sample at ``temperature`` from the ``top_p`` nucleus."""
+    if not do_sample:
+        return logp.argmax(-1)
+    probs = torch.softmax(logp / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs[(sorted_probs.cumsum(-1) - sorted_probs) > top_p] = 0.0  # always keeps the top token
+        return order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
+    return torch.multinomial(probs, 1).squeeze(-1)
+
+
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+             max_new_tokens: int, batch_size: int, do_sample: bool = False, temperature: float = 1.0,
+             top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
+             desc: str = "generate") -> list[list[Generation]]:
+    """Generate ``num_samples`` continuations per prompt (ids). Call under ``teacher_mode`` or ``inference_mode``.
+
+    Batches are length-sorted; rows leave the batch as they finish. ``distributions``: None keeps
+    no log-probs, 0 the full vocabulary, k the top-k plus the tail mass (temperature 1, as scored).
+    """
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    prefix = Prefix.shared(prompts).prefill(model)
+    device = next(model.parameters()).device
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[list[Generation]] = [[] for _ in prompts]
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
+        rows = [i for i in order[start : start + batch_size] for _ in range(num_samples)]
+        batch = collate([View(tuple(prompts[i]), ()) for i in rows], pad, len(prefix)).to(device)
+        cache = prefix.expanded(model, len(rows)) if prefix.cache is not None else DynamicCache(config=model.config)
+        logits = forward(model, batch, cache, keep=1)[:, -1]
+        mask, position = batch.attention_mask, batch.position_ids[:, -1:]
+        active = torch.arange(len(rows))  # batch rows still generating
+        tokens: list[list[int]] = [[] for _ in rows]
+        dists: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = [[] for _ in rows]
+        for step in range(max_new_tokens):
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            chosen = _choose(logp, do_sample, temperature, top_p)
+            kept = topk_with_tail(logp, distributions) if distributions is not None else None
+            for r, row in enumerate(active.tolist()):
+                tokens[row].append(int(chosen[r]))
+                if kept is not None:
+                    dists[row].append((kept[0][r].cpu(), None if kept[1] is None else kept[1][r].cpu()))
+            going = (chosen != eos).nonzero().squeeze(1)
+            if step == max_new_tokens - 1 or len(going) == 0:
+                break
+            if len(going) < len(active):  # finished rows leave the batch
+                cache.batch_select_indices(going)
+                active, chosen, mask, position = active[going], chosen[going], mask[going], position[going]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            position = position + 1
+            logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position,
+                           cache=cache, use_cache=True).logits[:, -1]
+        for row, i in enumerate(rows):
+            ids, finished = tokens[row], eos in tokens[row]
+            text = tokenizer.decode(ids[: ids.index(eos)] if finished else ids, skip_special_tokens=True).strip()
+            gen = Generation(text, finished, tuple(ids))
+            if distributions is not None:
+                gen.logp = torch.stack([d[0] for d in dists[row]])
+                gen.top = None if dists[row][0][1] is None else torch.stack([d[1] for d in dists[row]])
+            results[i].append(gen)
+    return results
+
