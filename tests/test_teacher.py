@@ -218,3 +218,22 @@ def test_teach_restores_training_mode(tiny):
 def test_teacher_targets_len():
     targets = TeacherTargets(answers=["a", "b"], teacher_views=[View((1,), (2,))] * 2)
     assert len(targets) == 2
+
+
+def test_teacher_targets_concat_keeps_every_field_in_order():
+    def part(tag, n, ids=True):
+        return TeacherTargets(records=[{"input": f"{tag}{i}"} for i in range(n)], source=list(range(n)),
+                              generations=[f"g{tag}{i}" for i in range(n)], answers=[f"a{tag}{i}" for i in range(n)],
+                              teacher_views=[View((i,), (9,)) for i in range(n)],
+                              student_views=[View((i, i), (9,)) for i in range(n)],
+                              logp=[torch.full((1, 3), float(i)) for i in range(n)],
+                              ids=[torch.zeros(1, 2, dtype=torch.long)] * n if ids else None,
+                              dropped={"unfinished": 1}, all_answers=[f"a{tag}{i}" for i in range(n)])
+
+    both = TeacherTargets.concat([part("x", 2), part("y", 3)])
+    assert len(both) == 5 and both.answers == ["ax0", "ax1", "ay0", "ay1", "ay2"]
+    assert [r["input"] for r in both.records] == ["x0", "x1", "y0", "y1", "y2"]
+    assert len(both.ids) == 5 and both.dropped == {"unfinished": 2} and len(both.all_answers) == 5
+    assert TeacherTargets.concat([part("x", 2), part("y", 1, ids=False)]).ids is None
+    single = part("z", 1)
+    assert TeacherTargets.concat([single]) is single

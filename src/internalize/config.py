@@ -137,6 +137,9 @@ class DataConfig(_Section):
         self._require(self.max_train >= 0, "max_train", "must be >= 0 (0 = all)")
 
 
+CONTEXT_KEYS = ("name", "context", "demonstrations", "position", "train_file", "eval_file", "scorer_regex", "scorer")
+
+
 @dataclass
 class TeacherConfig(_Section):
     _name = "teacher"
@@ -162,7 +165,14 @@ class TeacherConfig(_Section):
     top_k: int = _help(
         "Teacher log-probs kept per answer token: top-k plus the tail mass (0 = full vocabulary).", default=128
     )
-    batch_size: int = _help("Teacher generation and scoring batch size.", default=32)
+    batch_size: int = _help("Teacher generation and scoring batch size.", default=64)
+    contexts: list[dict[str, Any]] = _help(
+        "Several behaviours distilled into one student: a list of {name, context, demonstrations, position, "
+        "train_file, eval_file, scorer_regex or scorer}. Each input is taught by its own context's teacher and "
+        "each behaviour is scored on its own held-out file (the other teacher and data keys are the defaults). "
+        "An entry with no context teaches the model's current behaviour on its inputs, to keep it.",
+        default_factory=list,
+    )
     cache_dir: str = _help(
         "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
         "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",
@@ -170,7 +180,8 @@ class TeacherConfig(_Section):
     )
 
     def __post_init__(self) -> None:
-        self._require(bool(self.context.strip()) or bool(self.demonstrations), "context", "give a context to internalize")
+        self._require(bool(self.context.strip()) or bool(self.demonstrations) or bool(self.contexts), "context",
+                      "give a context to internalize")
         self._choice("position", ("system", "before_input", "after_input"))
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
         self._require(self.temperature > 0, "temperature", "must be > 0")
@@ -182,9 +193,37 @@ class TeacherConfig(_Section):
                       f"teacher.extractor={self.extractor} needs a pattern")
         self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        for i, demo in enumerate(self.demonstrations):
+        self._check_demonstrations(self.demonstrations, "teacher.demonstrations")
+        names = set()
+        for i, entry in enumerate(self.contexts):
+            key = f"teacher.contexts[{i}]"
+            if not isinstance(entry, dict):
+                raise InternalizeError(f"{key}={entry!r} is invalid: use {{name: ..., context: ..., train_file: ..., "
+                                       "eval_file: ...}")
+            unknown = set(entry) - set(CONTEXT_KEYS)
+            if unknown:
+                raise InternalizeError(f"{key} has unknown key(s) {sorted(unknown)}; allowed: {', '.join(CONTEXT_KEYS)}")
+            for required in ("name", "train_file", "eval_file"):
+                if not entry.get(required):
+                    raise InternalizeError(f"{key}.{required} is missing")
+            if entry["name"] in names:
+                raise InternalizeError(f"{key}.name={entry['name']!r} is used twice; names must be unique")
+            names.add(entry["name"])
+            if "position" in entry and entry["position"] not in ("system", "before_input", "after_input"):
+                raise InternalizeError(f"{key}.position={entry['position']!r} is invalid; choose from "
+                                       "system, before_input, after_input")
+            self._check_demonstrations(entry.get("demonstrations", []), f"{key}.demonstrations")
+
+    @staticmethod
+    def _check_demonstrations(demos: list[Any], key: str) -> None:
+        for i, demo in enumerate(demos):
             if not isinstance(demo, dict) or set(demo) != {"input", "output"}:
-                raise InternalizeError(f"teacher.demonstrations[{i}]={demo!r} is invalid: use {{input: ..., output: ...}}")
+                raise InternalizeError(f"{key}[{i}]={demo!r} is invalid: use {{input: ..., output: ...}}")
+
+    def for_context(self, entry: dict[str, Any]) -> TeacherConfig:
+        """This teacher with one entry of ``contexts`` as its context (``contexts`` keeps just that entry)."""
+        return dataclasses.replace(self, context=entry.get("context", ""), demonstrations=entry.get("demonstrations", []),
+                                   position=entry.get("position", self.position), contexts=[entry])
 
 
 @dataclass
@@ -230,10 +269,11 @@ class EvalConfig(_Section):
     max_new_tokens: int = _help("Longest generation per condition (base, teacher, student).", default=64)
     scorer_regex: str = _help("A regex the final answer must match (re.search) to score 1.", default="")
     scorer: str = _help("A Python callable 'module:function(record, output) -> bool | float'.", default="")
-    batch_size: int = _help("Evaluation generation batch size.", default=16)
+    batch_size: int = _help("Evaluation generation batch size.", default=32)
     num_examples: int = _help("Side-by-side generations shown in the report.", default=6)
     neutral_file: str = _help("Forgetting check: JSONL of prompts the context says nothing about; the report "
-                              "compares the student with the original model on them (empty = off).", default="")
+                              "compares the student with the original model on them ('builtin': 20 everyday "
+                              "prompts shipped with the package; empty = off).", default="builtin")
 
     def __post_init__(self) -> None:
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")

@@ -11,25 +11,29 @@ API call these same functions:
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import cache
-from .config import Config, InternalizeError, OutputConfig, save_config
+from .config import Config, InternalizeError, OutputConfig, TeacherConfig, save_config
 from .data import Record, read_inputs, read_jsonl, split_inputs, uses_synthesis
-from .evaluation import evaluate, load_scorer
+from .evaluation import ConditionResult, Scorer, evaluate, load_scorer
 from .models import load_model, make_student, save_artifact
 from .report import write_report
 from .synthesis import check_synthesis, synthesize
+from .teacher import TeacherTargets, teach
 from .teacher import cache_dir as teacher_cache_dir
-from .teacher import teach
 from .training import fit
 
 log = logging.getLogger(__name__)
@@ -95,14 +99,68 @@ def _timed(timings: dict[str, float], stage: str):
     log.info("%s took %.1f s", stage, timings[stage])
 
 
-def distill(cfg: Config) -> dict[str, dict[str, float]]:
-    """Distill ``cfg.teacher``'s context into the student; returns ``{base, teacher, student}`` metrics."""
+@dataclass
+class Task:
+    """One behaviour of a run: its teacher (context), training and held-out inputs, and scorer."""
+
+    name: str
+    teacher: TeacherConfig
+    train: list[Record] | None  # None: the model writes them (data.synthesize)
+    held_out: list[Record]
+    scorer: Scorer | None
+
+
+def _tasks(cfg: Config) -> list[Task]:
+    """The run's behaviours: the one context, or each entry of ``teacher.contexts`` with its own files."""
+    if not cfg.teacher.contexts:
+        train, held_out = _inputs(cfg)
+        return [Task("main", cfg.teacher, train, held_out, load_scorer(cfg.eval))]
+    if not any(str(e.get("context", "")).strip() or e.get("demonstrations") for e in cfg.teacher.contexts):
+        raise InternalizeError("teacher.contexts: no entry has a context or demonstrations; give at least one")
+    tasks = []
+    for i, entry in enumerate(cfg.teacher.contexts):
+        key = f"teacher.contexts[{i}]"
+        train = read_jsonl(entry["train_file"], f"{key}.train_file")
+        held_out = read_jsonl(entry["eval_file"], f"{key}.eval_file")
+        if cfg.data.max_train:
+            train = train[: cfg.data.max_train]
+        own = {k: entry.get(k, "") for k in ("scorer_regex", "scorer")}
+        scorer = load_scorer(dataclasses.replace(cfg.eval, **own) if any(own.values()) else cfg.eval)
+        tasks.append(Task(entry["name"], cfg.teacher.for_context(entry), train, held_out, scorer))
+    return tasks
+
+
+def _neutral(cfg: Config) -> list[Record]:
+    """The forgetting check's prompts: the packaged set, a user file, or none."""
+    if cfg.eval.neutral_file == "builtin":
+        return read_jsonl(Path(__file__).with_name("neutral.jsonl"), "eval.neutral_file")
+    return read_jsonl(cfg.eval.neutral_file, "eval.neutral_file") if cfg.eval.neutral_file else []
+
+
+def _original_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, neutral: list[Record],
+                      cfg: Config) -> TeacherTargets:
+    """The original model's greedy answers and distributions on the neutral prompts (no context)."""
+    plain = dataclasses.replace(_greedy(cfg.teacher), extractor="none", extract_pattern="",
+                                max_new_tokens=cfg.eval.max_new_tokens)
+    return teach(model, tokenizer, neutral, plain, desc="base[neutral]", with_context=False)
+
+
+def _forgetting(metrics: dict[str, float], n: int) -> dict[str, Any]:
+    return {"n": n, "agreement_with_original": metrics["agreement"], "kl_original_student": metrics["kl"]}
+
+
+def _greedy(teacher: TeacherConfig) -> TeacherConfig:
+    return dataclasses.replace(teacher, do_sample=False, num_samples=1)
+
+
+def distill(cfg: Config) -> dict[str, Any]:
+    """Distill the context(s) into the student; returns ``{base, teacher, student}`` metrics (per behaviour
+    name when ``teacher.contexts`` lists several)."""
     timings: dict[str, float] = {}
-    train, held_out = _inputs(cfg)
-    neutral = read_jsonl(cfg.eval.neutral_file, "eval.neutral_file") if cfg.eval.neutral_file else []
-    scorer = load_scorer(cfg.eval)
+    tasks = _tasks(cfg)
+    neutral = _neutral(cfg)
     _output_dir(cfg.output)
-    if train is None:
+    if tasks[0].train is None:
         check_synthesis(cfg.data.synthesize, _synthesis_path(cfg))
     torch.manual_seed(cfg.train.seed)
     with _timed(timings, "load"):
@@ -110,51 +168,73 @@ def distill(cfg: Config) -> dict[str, dict[str, float]]:
         base_dir = model.name_or_path
     with _run_dir(cfg) as out:
         synthesis: dict[str, Any] = {}
-        if train is None:
+        if tasks[0].train is None:
             with _timed(timings, "synthesize"):
                 records, synthesis = synthesize(model, tokenizer, cfg.data.synthesize, _synthesis_path(cfg), cfg.model.name)
-                train, held_out = split_inputs(cfg.data, records, held_out)
+                tasks[0].train, tasks[0].held_out = split_inputs(cfg.data, records, tasks[0].held_out)
         model = make_student(model, cfg.model)
         with _timed(timings, "teacher"):
-            targets = teach(model, tokenizer, train, cfg.teacher, desc="teacher[train]")
+            taught = [teach(model, tokenizer, t.train, t.teacher, desc=f"teacher[{t.name}]") for t in tasks]
+            targets = TeacherTargets.concat(taught)
             if not len(targets):
-                raise InternalizeError(f"the teacher kept no answers out of {len(train)} inputs ({targets.dropped}); "
-                                       "check teacher.extract_pattern and teacher.max_new_tokens")
+                raise InternalizeError(f"the teacher kept no answers out of {sum(len(t.train) for t in tasks)} inputs "
+                                       f"({targets.dropped}); check teacher.extract_pattern and teacher.max_new_tokens")
         with _timed(timings, "reference"):  # the greedy teacher on the held-out inputs, for evaluation
-            greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
-            reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
+            references = [teach(model, tokenizer, t.held_out, _greedy(t.teacher), desc=f"teacher[{t.name} eval]")
+                          for t in tasks]
         if neutral:  # the original model's own answers: what the student should not lose
             with _timed(timings, "neutral_before"):
-                plain = dataclasses.replace(greedy, extractor="none", extract_pattern="",
-                                            max_new_tokens=cfg.eval.max_new_tokens)
-                original = teach(model, tokenizer, neutral, plain, desc="base[neutral]", with_context=False)
+                original = _original_answers(model, tokenizer, neutral, cfg)
+        results: list[dict[str, ConditionResult]] = []
         with _timed(timings, "eval_before"):
-            results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
+            for t, ref in zip(tasks, references, strict=True):
+                results.append({c: evaluate(model, tokenizer, t.held_out, ref, cfg.eval, c, t.scorer)
+                                for c in ("base", "teacher")})
         with _timed(timings, "train"):
             history = fit(model, tokenizer, targets, cfg.train)
         with _timed(timings, "eval_after"):
-            results["student"] = evaluate(model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+            for t, ref, result in zip(tasks, references, results, strict=True):
+                result["student"] = evaluate(model, tokenizer, t.held_out, ref, cfg.eval, "student", t.scorer)
             if neutral:
                 forgetting = evaluate(model, tokenizer, neutral, original, cfg.eval, "student").metrics
         with _timed(timings, "save"):
             save_artifact(model, tokenizer, out / "model", cfg.output.save, base_dir)
         info: dict[str, Any] = {
-            "train_inputs": len(train), "train_answers": len(targets), "eval_inputs": len(held_out),
-            "dropped": targets.dropped, "steps": len(history), "timings": timings,
-            "total_s": round(sum(timings.values()), 2),
-            "teacher_cache": {"hit": targets.cache_hit, "dir": str(teacher_cache_dir(cfg.teacher) or ""),
+            "started_from": _origin(cfg.model.name, base_dir),
+            "train_inputs": sum(len(t.train) for t in tasks), "train_answers": len(targets),
+            "eval_inputs": sum(len(t.held_out) for t in tasks), "dropped": targets.dropped, "steps": len(history),
+            "timings": timings, "total_s": round(sum(timings.values()), 2),
+            "teacher_cache": {"hit": all(t.cache_hit for t in taught), "dir": str(teacher_cache_dir(cfg.teacher) or ""),
                               "bytes_per_answer_token": cache.bytes_per_token(targets),
                               "full_vocabulary_bytes_per_token": 4 * model.config.vocab_size},
             "train_padding_share": round(sum(h["padding"] for h in history) / max(len(history), 1), 4),
         }
+        if len(tasks) > 1:
+            info["behaviours"] = {t.name: {"train_answers": len(x), "eval_inputs": len(t.held_out)}
+                                  for t, x in zip(tasks, taught, strict=True)}
         if synthesis:
             info["synthesis"] = synthesis
         if neutral:
-            info["forgetting"] = {"n": len(neutral), "agreement_with_original": forgetting["agreement"],
-                                  "kl_original_student": forgetting["kl"]}
-        metrics = write_report(out, results, history, held_out, info, cfg)
+            info["forgetting"] = _forgetting(forgetting, len(neutral))
+        metrics = write_report(out, {t.name: r for t, r in zip(tasks, results, strict=True)}, history,
+                               {t.name: t.held_out for t in tasks}, info, cfg)
         log.info("wrote %s: %s", out / "report.md", _summary(metrics))
     return metrics
+
+
+def _origin(name: str, resolved: str) -> dict[str, Any]:
+    """Which model a run started from; for an earlier run's artifact, that run's own origin and context (the chain)."""
+    origin: dict[str, Any] = {"model": name, "path": str(resolved)}
+    run_json = Path(resolved).parent / "run.json"
+    run_config = Path(resolved).parent / "config.yaml"
+    if Path(resolved).name == "model" and run_json.exists() and run_config.exists():
+        earlier = json.loads(run_json.read_text())
+        settings = yaml.safe_load(run_config.read_text())
+        teacher = settings.get("teacher", {})
+        origin["run"] = {"dir": str(Path(resolved).parent),
+                         "added": [c.get("name") for c in teacher.get("contexts", [])] or [teacher.get("context", "")],
+                         "started_from": earlier.get("started_from")}
+    return origin
 
 
 def _synthesis_path(cfg: Config) -> Path:
@@ -173,28 +253,41 @@ def synthesize_inputs(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-def evaluate_artifact(cfg: Config, student: str) -> dict[str, dict[str, float]]:
+def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
     """Report base / teacher (``cfg.model`` with and without context) against a saved student."""
     timings: dict[str, float] = {}
-    _, held_out = _inputs(cfg)
-    scorer = load_scorer(cfg.eval)
+    tasks = _tasks(cfg)
+    if tasks[0].train is None:
+        tasks[0].train = []
     _output_dir(cfg.output)
     with _timed(timings, "load"):
         model, tokenizer = load_model(cfg.model)
         student_model, _ = load_model(dataclasses.replace(cfg.model, name=student))
     with _run_dir(cfg) as out:
-        with _timed(timings, "teacher"):
-            greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
-            reference = teach(model, tokenizer, held_out, greedy, desc="teacher[eval]")
-        with _timed(timings, "eval"):
-            results = {c: evaluate(model, tokenizer, held_out, reference, cfg.eval, c, scorer) for c in ("base", "teacher")}
-            results["student"] = evaluate(student_model, tokenizer, held_out, reference, cfg.eval, "student", scorer)
-        info = {"student": student, "eval_inputs": len(held_out), "timings": timings}
-        metrics = write_report(out, results, [], held_out, info, cfg)
+        results = {}
+        for t in tasks:
+            with _timed(timings, f"teacher[{t.name}]"):
+                reference = teach(model, tokenizer, t.held_out, _greedy(t.teacher), desc=f"teacher[{t.name} eval]")
+            with _timed(timings, f"eval[{t.name}]"):
+                results[t.name] = {c: evaluate(model, tokenizer, t.held_out, reference, cfg.eval, c, t.scorer)
+                                   for c in ("base", "teacher")}
+                results[t.name]["student"] = evaluate(student_model, tokenizer, t.held_out, reference, cfg.eval,
+                                                      "student", t.scorer)
+        info: dict[str, Any] = {"student": student, "eval_inputs": sum(len(t.held_out) for t in tasks),
+                                "timings": timings}
+        neutral = _neutral(cfg)
+        if neutral:
+            with _timed(timings, "forgetting"):
+                original = _original_answers(model, tokenizer, neutral, cfg)
+                info["forgetting"] = _forgetting(
+                    evaluate(student_model, tokenizer, neutral, original, cfg.eval, "student").metrics, len(neutral))
+        metrics = write_report(out, results, [], {t.name: t.held_out for t in tasks}, info, cfg)
         log.info("wrote %s: %s", out / "report.md", _summary(metrics))
     return metrics
 
 
-def _summary(metrics: dict[str, dict[str, float]]) -> str:
+def _summary(metrics: dict[str, Any]) -> str:
+    if "base" not in metrics:
+        return "; ".join(f"{name}: {_summary(m)}" for name, m in metrics.items())
     key = "score" if "score" in metrics["base"] else "agreement"
     return ", ".join(f"{c} {key} {m[key]:.3f}" for c, m in metrics.items())

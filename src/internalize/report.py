@@ -4,7 +4,7 @@
 timings and counts; ``metrics.png`` a bar plot of the three conditions; ``loss.png`` the loss
 curve; ``report.md`` the table, both plots and side-by-side generations.
 
-    write_report(out_dir, results, history, held_out, info, cfg)
+    write_report(out_dir, {"main": results}, history, {"main": held_out}, info, cfg)
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Config
+from .config import Config, TeacherConfig
 from .data import Record
 from .evaluation import CONDITIONS, ConditionResult
 
+COLORS = {"base": "#9e9e9e", "teacher": "#1f77b4", "student": "#ff7f0e"}
 LABELS = {"score": "score (user scorer)", "agreement": "agreement with teacher", "kl": "KL(teacher || model)"}
 
 
@@ -28,13 +29,12 @@ def _plot_metrics(metrics: dict[str, dict[str, float]], path: Path) -> None:
 
     rates = [k for k in ("score", "agreement") if k in metrics["base"]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), gridspec_kw={"width_ratios": [max(1, len(rates)), 1]})
-    colors = {"base": "#9e9e9e", "teacher": "#1f77b4", "student": "#ff7f0e"}
     width = 0.8 / len(CONDITIONS)
     for c, condition in enumerate(CONDITIONS):
         xs = [i + (c - 1) * width for i in range(len(rates))]
-        bars = axes[0].bar(xs, [metrics[condition][k] for k in rates], width, label=condition, color=colors[condition])
+        bars = axes[0].bar(xs, [metrics[condition][k] for k in rates], width, label=condition, color=COLORS[condition])
         axes[0].bar_label(bars, fmt="%.2f", fontsize=7)
-        bars = axes[1].bar([c], [metrics[condition]["kl"]], 0.6, color=colors[condition])
+        bars = axes[1].bar([c], [metrics[condition]["kl"]], 0.6, color=COLORS[condition])
         axes[1].bar_label(bars, fmt="%.3f", fontsize=7)
     axes[0].set_xticks(range(len(rates)), [LABELS[k] for k in rates])
     axes[0].set_ylim(0, 1.12)
@@ -69,34 +69,101 @@ def _cell(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def write_report(out: Path, results: dict[str, ConditionResult], history: list[dict[str, float]],
-                 held_out: list[Record], info: dict[str, Any], cfg: Config) -> dict[str, dict[str, float]]:
-    """Write metrics.json, run.json, metrics.png, loss.png and report.md into ``out``."""
-    metrics = {c: results[c].metrics for c in CONDITIONS}
+def _plot_behaviours(metrics: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
+    """Score (or agreement) per behaviour: base, teacher and student side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(metrics)
+    key = "score" if all("score" in m["base"] for m in metrics.values()) else "agreement"
+    fig, ax = plt.subplots(figsize=(max(5, 1.8 * len(names) + 2), 3.5))
+    width = 0.8 / len(CONDITIONS)
+    for c, condition in enumerate(CONDITIONS):
+        xs = [i + (c - 1) * width for i in range(len(names))]
+        bars = ax.bar(xs, [metrics[n][condition][key] for n in names], width, label=condition, color=COLORS[condition])
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel(LABELS[key])
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("held-out inputs per behaviour")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _context_lines(teacher: TeacherConfig) -> list[str]:
+    return ["Context:", "", *[f"> {line}" for line in (teacher.context.strip() or "(demonstrations only)").splitlines()],
+            "", f"{len(teacher.demonstrations)} demonstration turn(s), position `{teacher.position}`.", ""]
+
+
+def _table(metrics: dict[str, dict[str, float]]) -> list[str]:
+    keys = [k for k in ("score", "agreement", "kl") if k in metrics["base"]]
+    lines = ["| condition | " + " | ".join(LABELS[k] for k in keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += [f"| {c} | " + " | ".join(f"{metrics[c][k]:.3f}" for k in keys) + " |" for c in CONDITIONS]
+    return lines + [""]
+
+
+def _side_by_side(results: dict[str, ConditionResult], held_out: list[Record], n: int) -> list[str]:
+    n = min(n, len(held_out))
+    if not n:
+        return []
+    lines = ["| input | base | teacher | student |", "|---|---|---|---|"]
+    for i in range(n):
+        cells = [_cell(held_out[i]["input"])] + [_cell(results[c].outputs[i]) for c in CONDITIONS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _chain(origin: dict[str, Any] | None) -> list[str]:
+    """Which artifact the run started from, and what each earlier run in the chain added."""
+    lines = []
+    while origin:
+        run = origin.get("run")
+        if not run:
+            lines.append(f"- started from `{origin['model']}`")
+            break
+        added = "; ".join(f"'{a}'" for a in run["added"])
+        lines.append(f"- `{run['dir']}` added {added}")
+        origin = run.get("started_from")
+    return ["## Chain", "", "This run started from the artifact of an earlier run:", "", *lines, ""] if len(lines) > 1 \
+        else []
+
+
+def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], history: list[dict[str, float]],
+                 held_out: dict[str, list[Record]], info: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Write metrics.json, run.json, metrics.png, loss.png and report.md into ``out``.
+
+    ``results`` and ``held_out`` are per behaviour; with one behaviour, metrics.json is
+    ``{base, teacher, student}``, with several ``{behaviour: {base, teacher, student}}``.
+    """
+    per_task = {name: {c: r[c].metrics for c in CONDITIONS} for name, r in results.items()}
+    metrics: dict[str, Any] = next(iter(per_task.values())) if len(per_task) == 1 else per_task
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    _plot_metrics(metrics, out / "metrics.png")
+    if len(per_task) == 1:
+        _plot_metrics(metrics, out / "metrics.png")
+    else:
+        _plot_behaviours(per_task, out / "metrics.png")
     if history:
         _plot_loss(history, out / "loss.png")
-    keys = [k for k in ("score", "agreement", "kl") if k in metrics["base"]]
+    teachers = {e["name"]: cfg.teacher.for_context(e) for e in cfg.teacher.contexts} or {"main": cfg.teacher}
     lines = [
         "# internalize report",
         "",
-        f"Model `{cfg.model.name}` ({cfg.model.finetune}), context position `{cfg.teacher.position}`, "
-        f"{info.get('train_answers', 0)} teacher answers for training, {len(held_out)} held-out inputs.",
+        f"Model `{cfg.model.name}` ({cfg.model.finetune}), {info.get('train_answers', 0)} teacher answers for training, "
+        f"{sum(map(len, held_out.values()))} held-out inputs.",
         "",
-        "Context:",
-        "",
-        *[f"> {line}" for line in (cfg.teacher.context.strip() or "(demonstrations only)").splitlines()],
-        "",
-        f"{len(cfg.teacher.demonstrations)} demonstration turn(s).",
-        "",
-        "| condition | " + " | ".join(LABELS[k] for k in keys) + " |",
-        "|---|" + "---:|" * len(keys),
     ]
-    for c in CONDITIONS:
-        lines.append(f"| {c} | " + " | ".join(f"{metrics[c][k]:.3f}" for k in keys) + " |")
-    lines += ["", "base and student answer without the context; the teacher has it.", "", "![metrics](metrics.png)", ""]
+    lines += _chain(info.get("started_from"))
+    if len(per_task) == 1:
+        lines += _context_lines(cfg.teacher) + _table(metrics)
+    else:
+        for name, m in per_task.items():
+            lines += [f"## Behaviour `{name}`", "", *_context_lines(teachers[name]), *_table(m)]
+    lines += ["base and student answer without the context; the teacher has it.", "", "![metrics](metrics.png)", ""]
     if history:
         lines += ["![loss](loss.png)", "", f"Loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} "
                   f"over {len(history)} steps.", ""]
@@ -117,12 +184,9 @@ def write_report(out: Path, results: dict[str, ConditionResult], history: list[d
                   f"`{info['teacher_cache']['dir']}` (same weights, context, inputs and teacher settings).", ""]
     if info.get("timings"):
         lines += ["Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in info["timings"].items()) + ".", ""]
-    n = min(cfg.eval.num_examples, len(held_out))
-    if n:
-        lines += ["## Side by side", "", "| input | base | teacher | student |", "|---|---|---|---|"]
-        for i in range(n):
-            cells = [_cell(held_out[i]["input"])] + [_cell(results[c].outputs[i]) for c in CONDITIONS]
-            lines.append("| " + " | ".join(cells) + " |")
-        lines.append("")
+    for name, r in results.items():
+        side = _side_by_side(r, held_out[name], cfg.eval.num_examples)
+        if side:
+            lines += ["## Side by side" + (f": `{name}`" if len(results) > 1 else ""), "", *side]
     (out / "report.md").write_text("\n".join(lines))
     return metrics

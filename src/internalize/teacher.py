@@ -84,6 +84,22 @@ class TeacherTargets:
     def __len__(self) -> int:
         return len(self.answers)
 
+    @classmethod
+    def concat(cls, parts: list[TeacherTargets]) -> TeacherTargets:
+        """The targets of several teachers (one per context) as one training set."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls(ids=None if any(p.ids is None for p in parts) else [])
+        for p in parts:
+            for name in ("records", "source", "generations", "answers", "teacher_views", "student_views", "logp",
+                         "all_answers"):
+                getattr(out, name).extend(getattr(p, name))
+            if out.ids is not None:
+                out.ids.extend(p.ids)
+            for reason, n in p.dropped.items():
+                out.dropped[reason] = out.dropped.get(reason, 0) + n
+        return out
+
     def stacked(self, idx: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher log-probs [B, length, C] and top-k ids [B, length, k] (or None) for samples ``idx``."""
         logp = pad_stack([self.logp[i] for i in idx], length)

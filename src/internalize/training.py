@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -24,6 +25,7 @@ from .config import TrainConfig
 from .decoding import Prefix, answer_logits, collate
 from .losses import distillation_loss
 from .teacher import TeacherTargets
+from .views import View
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,25 @@ def num_steps(num_examples: int, cfg: TrainConfig) -> int:
     return cfg.epochs * max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum)))
 
 
+def micro_batches(views: list[View], batch_size: int, buckets: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Endless epochs of shuffled micro-batches (indices into ``views``), length-bucketed.
+
+    Each epoch is a random permutation cut into pools of ``buckets`` micro-batches; a pool is sorted
+    by sequence length before it is cut into micro-batches, and the micro-batches are shuffled again.
+    ``buckets=1`` is plain shuffling.
+    """
+    def length(i: int) -> int:
+        return len(views[i].prompt_ids) + len(views[i].answer_ids)
+
+    while True:
+        order = torch.randperm(len(views), generator=generator).tolist()
+        chunks = []
+        for start in range(0, len(order), batch_size * buckets):
+            pool = sorted(order[start : start + batch_size * buckets], key=length)
+            chunks += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
+        yield from (chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist())
+
+
 def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: TeacherTargets,
         cfg: TrainConfig) -> list[dict[str, float]]:
     """Train ``model`` in place; returns the history [{step, loss, lr}, ...]."""
@@ -62,17 +83,7 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
     views = targets.student_views
     shared = Prefix.shared([v.prompt_ids for v in views])
 
-    def micro_batches():
-        while True:  # endless epochs of shuffled, length-bucketed micro-batches
-            order = torch.randperm(len(views), generator=generator).tolist()
-            pool = cfg.batch_size * cfg.length_buckets
-            chunks = []
-            for start in range(0, len(order), pool):
-                block = sorted(order[start : start + pool], key=lambda i: len(views[i].prompt_ids) + len(views[i].answer_ids))
-                chunks += [block[i : i + cfg.batch_size] for i in range(0, len(block), cfg.batch_size)]
-            yield from (chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist())
-
-    stream = micro_batches()
+    stream = micro_batches(views, cfg.batch_size, cfg.length_buckets, generator)
     history: list[dict[str, float]] = []
     model.train()
     bar = tqdm(range(total), desc="train", unit="step", disable=None)
