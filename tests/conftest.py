@@ -138,6 +138,15 @@ def tiny(tiny_model_dir):
     return load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
 
 
+def perturb_lora(model, scale: float) -> None:
+    """Random LoRA weights (seeded): outputs other than "okay" that depend on the prompt."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
 def tiny_config_dict(model_dir: Path, out_dir: Path) -> dict:
     """A small but complete run config (as a dict, before YAML)."""
     return {

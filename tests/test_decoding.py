@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY_INPUTS
+from conftest import TINY_INPUTS, perturb_lora
 
 from internalize.config import ModelConfig, TeacherConfig
 from internalize.decoding import (
@@ -30,19 +30,10 @@ ANSWERS = ["Hello. Over.", "Paris", "abc def gh"]
 GEN_INPUTS = TINY_INPUTS
 
 
-def _perturb_lora(model, scale: float = 0.3) -> None:
-    """Random LoRA weights: outputs other than "okay" that depend on the prompt."""
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
 def _student(tiny):
     model, tok = tiny
     student = make_student(model, LORA)
-    _perturb_lora(student)
+    perturb_lora(student, 0.3)
     student.eval()
     return student, tok
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHAT_TEMPLATE
+from conftest import CHAT_TEMPLATE, perturb_lora
 from transformers import AutoModelForCausalLM
 
 from internalize.config import InternalizeError, ModelConfig
@@ -149,14 +149,6 @@ def _logits(model, tok, text="Hello there") -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
-def _perturb_lora(model, scale: float = 0.5) -> None:
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.add_(torch.randn(p.shape, generator=g) * scale)
-
-
 def test_make_student_lora_trains_only_adapters(tiny):
     model, _ = tiny
     student = make_student(model, LORA)
@@ -186,7 +178,7 @@ def test_teacher_mode_disables_adapters(tiny, tiny_model_dir):
     base_logits = _logits(base, tok)
     student = make_student(model, LORA)
     torch.testing.assert_close(_logits(student, tok), base_logits)  # LoRA B starts at zero
-    _perturb_lora(student)
+    perturb_lora(student, 0.5)
     student_logits = _logits(student, tok)
     assert not torch.allclose(student_logits, base_logits, atol=1e-3)
     with teacher_mode(student) as teacher:
@@ -234,7 +226,7 @@ def test_teacher_mode_restores_training_after_an_exception(tiny):
 def test_inference_mode_keeps_adapters(tiny):
     model, tok = tiny
     student = make_student(model, LORA)
-    _perturb_lora(student)
+    perturb_lora(student, 0.5)
     student.train()
     expected = _logits(student, tok)
     with inference_mode(student):
@@ -249,7 +241,7 @@ def test_inference_mode_keeps_adapters(tiny):
 def test_save_artifact_merged_reloads_with_same_logits(tiny, tiny_model_dir, tmp_path):
     model, tok = tiny
     student = make_student(model, LORA)
-    _perturb_lora(student)
+    perturb_lora(student, 0.5)
     expected = _logits(student, tok)
     out = tmp_path / "model"
     saved = save_artifact(student, tok, out, "merged", str(tiny_model_dir))
@@ -270,7 +262,7 @@ def test_save_artifact_merged_reloads_with_same_logits(tiny, tiny_model_dir, tmp
 def test_save_artifact_adapter(tiny, tiny_model_dir, tmp_path):
     model, tok = tiny
     student = make_student(model, LORA)
-    _perturb_lora(student)
+    perturb_lora(student, 0.5)
     expected = _logits(student, tok)
     out = tmp_path / "adapter"
     save_artifact(student, tok, out, "adapter", str(tiny_model_dir))

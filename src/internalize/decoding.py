@@ -211,8 +211,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             logp = torch.log_softmax(logits.float(), dim=-1)
             chosen = _choose(logp, do_sample, temperature, top_p)
             kept = topk_with_tail(logp, distributions) if distributions is not None else None
-            for r, row in enumerate(active.tolist()):
-                tokens[row].append(int(chosen[r]))
+            for r, (row, token) in enumerate(zip(active.tolist(), chosen.tolist(), strict=True)):
+                tokens[row].append(token)
                 if kept is not None:
                     dists[row].append((kept[0][r].cpu(), None if kept[1] is None else kept[1][r].cpu()))
             going = (chosen != eos).nonzero().squeeze(1)
