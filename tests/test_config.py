@@ -300,3 +300,25 @@ def test_describe_fields_lists_every_key_with_default():
         for f in dataclasses.fields(cls):
             assert f"{section}.{f.name} (default " in text
     assert "train.lr (default 0.0002)" in text
+
+
+def test_given_targets_need_no_context_but_need_the_ce_loss():
+    cfg = config_from_dict({"train": {"targets": "data", "loss": "ce"}})
+    assert cfg.train.targets == "data" and cfg.teacher.context == ""
+    with pytest.raises(InternalizeError, match=r"train\.targets='data' is invalid: .*train\.loss=ce"):
+        config_from_dict({"train": {"targets": "data"}})
+    with pytest.raises(InternalizeError, match=r"train\.targets='labels' is invalid"):
+        config_from_dict({"teacher": {"context": "c"}, "train": {"targets": "labels"}})
+
+
+def test_split_demonstrations_and_combine_are_validated():
+    demos = [{"input": str(i), "output": str(i)} for i in range(3)]
+    cfg = config_from_dict({"teacher": {"demonstrations": demos, "demonstrations_per_context": 2}})
+    assert [len(c.demonstrations) for c in cfg.teacher.split()] == [2, 1]
+    assert all(c.demonstrations_per_context == 0 for c in cfg.teacher.split())
+    one = config_from_dict({"teacher": {"demonstrations": demos, "demonstrations_per_context": 3}})
+    assert one.teacher.split() == [one.teacher]
+    with pytest.raises(InternalizeError, match=r"teacher\.combine='mean' is invalid: use one of average, route"):
+        config_from_dict({"teacher": {"context": "c", "combine": "mean"}})
+    with pytest.raises(InternalizeError, match=r"teacher\.demonstrations_per_context=-1"):
+        config_from_dict({"teacher": {"context": "c", "demonstrations_per_context": -1}})

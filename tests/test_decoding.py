@@ -17,6 +17,7 @@ from internalize.decoding import (
     collate,
     common_prefix_length,
     generate,
+    mean_over_contexts,
     topk_with_tail,
 )
 from internalize.models import inference_mode, make_student
@@ -506,3 +507,28 @@ def test_generate_sampled_distributions_score_the_sampled_tokens(tiny):
                 reference = torch.log_softmax(answer_logits(student, collate([view], tok.pad_token_id))[0], dim=-1)
             # log-probs at temperature 1 (as scored), whatever the sampling temperature
             torch.testing.assert_close(gen.logp, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_mean_over_contexts_is_the_log_of_the_mean_probability():
+    logp = torch.log_softmax(torch.randn(6, 3, 5), -1)
+    mean = mean_over_contexts(logp, 3)
+    assert mean.shape == (2, 3, 5)
+    torch.testing.assert_close(mean, logp.exp().view(2, 3, 3, 5).mean(1).log())
+    assert mean_over_contexts(logp, 1) is logp
+
+
+def test_batches_keep_each_group_together_and_in_order():
+    views = [View((1,) * n, (2,)) for n in (5, 1, 1, 9, 3, 3, 2, 2)]
+    out = batches(views, 2, 0, group=2)
+    assert [idx for idx, _ in out] == [[6, 7, 4, 5], [0, 1, 2, 3]]  # groups sorted by their longest view
+
+
+def test_generate_group_of_identical_prompts_equals_plain_generate(tiny):
+    model, tok = tiny
+    prompts = [prompt_ids(tok, x) for x in TINY_INPUTS[:3]]
+    with torch.inference_mode():
+        plain = generate(model, tok, prompts, 8, 2, distributions=0)
+        grouped = generate(model, tok, [p for p in prompts for _ in range(3)], 8, 2, distributions=0, group=3)
+    for a, b in zip(plain, grouped, strict=True):
+        assert a[0].ids == b[0].ids
+        torch.testing.assert_close(a[0].logp, b[0].logp, atol=1e-5, rtol=1e-5)

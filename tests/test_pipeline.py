@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config_dict
+from conftest import TINY_INPUTS, tiny_config_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from internalize import distill, evaluate_artifact
+from internalize import distill, evaluate_artifact, pipeline
 from internalize.config import InternalizeError, config_from_dict, load_config
 from internalize.pipeline import RUN_FILES
+from internalize.teacher import teach
 
 CONDITION_KEYS = {"agreement", "kl", "score", "n"}
 
@@ -314,3 +315,20 @@ def test_a_run_started_from_an_earlier_artifact_reports_the_chain(tiny_run, tmp_
     assert info["started_from"]["run"]["started_from"]["model"] == cfg.model.name
     report = (tmp_path / "second" / "report.md").read_text()
     assert "## Chain" in report and f"`{first}` added 'Answer in one word.'" in report
+
+
+def test_fine_tuning_on_given_outputs_learns_them_without_running_the_teacher(tiny_model_dir, tmp_path, monkeypatch):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["teacher"]["context"] = ""
+    raw["data"]["inputs"] = [{"input": text, "output": "zz"} for text in TINY_INPUTS]
+    raw["model"]["finetune"] = "full"
+    raw["train"].update(targets="data", loss="ce", max_steps=0, epochs=20, lr=1e-2, warmup_ratio=0.0)
+    raw["eval"]["scorer_regex"] = "^zz$"
+    ran = []
+    monkeypatch.setattr(pipeline, "teach", lambda *a, **k: ran.append(k["desc"]) or teach(*a, **k))
+    metrics = distill(config_from_dict(raw))
+    assert ran == ["teacher[main eval]", "base[neutral]"]  # held-out reference and forgetting check only
+    assert metrics["base"]["score"] == metrics["teacher"]["score"] == 0.0  # no context: the teacher is the base
+    assert metrics["student"]["score"] == 1.0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["train_answers"] == len(TINY_INPUTS) - 4 and run["steps"] == 20 * 2  # 8 answers, batch 4

@@ -6,9 +6,11 @@ import pytest
 import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
-from internalize.config import TeacherConfig
+from internalize import teacher
+from internalize.config import InternalizeError, TeacherConfig
+from internalize.decoding import Generation
 from internalize.decoding import topk_with_tail as _topk_with_tail
-from internalize.teacher import TeacherTargets, extract_answer, teach
+from internalize.teacher import TeacherTargets, extract_answer, given_answers, teach
 from internalize.views import View, answer_ids, prompt_ids
 
 # --- extract_answer ----------------------------------------------------------------------------
@@ -237,3 +239,87 @@ def test_teacher_targets_concat_keeps_every_field_in_order():
     assert TeacherTargets.concat([part("x", 2), part("y", 1, ids=False)]).ids is None
     single = part("z", 1)
     assert TeacherTargets.concat([single]) is single
+
+
+def test_given_answers_are_the_records_outputs_in_both_views(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Be brief.", position="before_input")
+    records = [{"input": "hello", "output": " ok fine "}, {"input": "bye", "output": "see you"}]
+    targets = given_answers(tok, records, cfg)
+    assert targets.answers == ["ok fine", "see you"] and targets.all_answers == targets.answers
+    for record, t, s in zip(records, targets.teacher_views, targets.student_views, strict=True):
+        assert t.answer_ids == s.answer_ids == answer_ids(tok, record["output"].strip())
+        assert t.prompt_ids == prompt_ids(tok, record["input"], cfg) and s.prompt_ids == prompt_ids(tok, record["input"])
+    assert [x.shape for x in targets.logp] == [(len(v.answer_ids), 0) for v in targets.student_views]
+    longest = max(len(v.answer_ids) for v in targets.student_views)
+    logp, ids = targets.stacked([0, 1], longest)
+    assert logp.shape == (2, longest, 0) and ids is None
+
+
+def test_given_answers_name_the_file_and_record_without_output(tiny):
+    _, tok = tiny
+    with pytest.raises(InternalizeError, match=r"data/x\.jsonl: record 2 has no 'output' text"):
+        given_answers(tok, [{"input": "a", "output": "b"}, {"input": "c"}], TeacherConfig(), "data/x.jsonl")
+
+
+def test_teach_keeps_the_space_before_an_extracted_answer_with_the_answer(tiny, monkeypatch):
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:2]]
+    written = tuple(tok("ok: yes", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
+    monkeypatch.setattr(teacher, "generate", lambda *a, **k: [[Generation("ok: yes", True, written)] for _ in records])
+    cfg = TeacherConfig(context="Think first.", extractor="delimiter", extract_pattern=":", top_k=4)
+    targets = teach(model, tok, records, cfg)
+    assert targets.answers == ["yes"] * 2  # the text is stripped; the ids keep the space, as the teacher wrote it
+    for record, t, s in zip(records, targets.teacher_views, targets.student_views, strict=True):
+        assert t.answer_ids == s.answer_ids == answer_ids(tok, " yes")
+        assert t.prompt_ids == prompt_ids(tok, record["input"], cfg) + tuple(tok("ok:", add_special_tokens=False).input_ids)
+
+
+# --- several contexts for one task: demonstrations split into chunks, averaged or routed -----------
+
+DEMOS = [{"input": f"q{i}", "output": f"a{i}"} for i in range(5)]
+
+
+def _single_context_logp(model, tok, record, context, answer):
+    """The model's full-vocabulary log-probs on ``answer`` ids under one context's prompt."""
+    prompt = prompt_ids(tok, record["input"], context)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
+    return torch.log_softmax(logits[len(prompt) - 1 : len(prompt) - 1 + len(answer)], -1)
+
+
+@pytest.mark.parametrize("extractor", ["none", "delimiter"])
+def test_averaged_teacher_is_the_mean_of_the_single_context_distributions(tiny, extractor):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Answer.", demonstrations=DEMOS, demonstrations_per_context=2, top_k=0,
+                        max_new_tokens=8, batch_size=2, extractor=extractor, extract_pattern="o" * (extractor != "none"))
+    contexts = cfg.split()
+    assert [c.demonstrations for c in contexts] == [DEMOS[:2], DEMOS[2:4], DEMOS[4:]]
+    records = [{"input": x} for x in TINY_INPUTS[:3]]
+    targets = teach(model, tok, records, cfg)
+    assert len(targets) == 3
+    for record, t_view, logp in zip(records, targets.teacher_views, targets.logp, strict=True):
+        scratch = t_view.prompt_ids[len(prompt_ids(tok, record["input"], contexts[0])) :]
+        singles = torch.stack([_single_context_logp(model, tok, record, c, scratch + t_view.answer_ids)[len(scratch):]
+                               for c in contexts])
+        assert not torch.allclose(singles[0], singles[1], atol=1e-3)  # the contexts do disagree
+        torch.testing.assert_close(logp, singles.exp().mean(0).log(), atol=1e-4, rtol=1e-4)
+
+
+def test_averaged_teacher_generates_from_the_mean_distribution(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Answer.", demonstrations=DEMOS, demonstrations_per_context=2, top_k=0,
+                        max_new_tokens=8, batch_size=4)
+    targets = teach(model, tok, [{"input": TINY_INPUTS[0]}], cfg)
+    assert [int(row.argmax()) for row in targets.logp[0]] == list(targets.teacher_views[0].answer_ids)
+
+
+def test_routed_teacher_gives_input_i_the_context_i_mod_n(tiny):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Answer.", demonstrations=DEMOS[:4], demonstrations_per_context=2, combine="route",
+                        max_new_tokens=8, top_k=4, batch_size=2)
+    contexts = cfg.split()
+    records = [{"input": x} for x in TINY_INPUTS[:5]]
+    targets = teach(model, tok, records, cfg)
+    for i, (record, view) in enumerate(zip(records, targets.teacher_views, strict=True)):
+        assert view.prompt_ids == prompt_ids(tok, record["input"], contexts[i % 2])

@@ -45,3 +45,14 @@ def sentiment(record: dict, answer: str) -> float:
 
 def lowercase(record: dict, answer: str) -> float:
     return float(any(c.isalpha() for c in answer) and answer == answer.lower())
+
+
+WEATHER = {"positive": "sunny", "negative": "rainy"}
+
+
+def weather(record: dict, answer: str) -> float:
+    """Sentiment under arbitrary label words: "sunny" for positive, "rainy" for negative, and not the other."""
+    words = set(_words(answer))
+    want = WEATHER[record["label"]]
+    other = WEATHER["negative" if record["label"] == "positive" else "positive"]
+    return float(want in words and other not in words)

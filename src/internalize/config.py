@@ -148,6 +148,12 @@ class TeacherConfig(_Section):
         "Demonstration turns after the context: a list of {input, output} records.", default_factory=list
     )
     position: str = _help("Where the context goes: system, before_input or after_input.", default="system")
+    demonstrations_per_context: int = _help(
+        "Split the demonstrations into contexts of this many each (0 = all in one context): more examples than "
+        "one context window holds, combined as teacher.combine says.", default=0)
+    combine: str = _help(
+        "How split contexts teach: average (each input's teacher distribution is the mean of the contexts' "
+        "distributions, token by token) or route (input i is taught by context i mod n).", default="average")
     max_new_tokens: int = _help("Longest teacher generation (scratch-pad plus answer).", default=64)
     do_sample: bool = _help("Sample teacher generations instead of greedy decoding.", default=False)
     temperature: float = _help("Sampling temperature (do_sample only).", default=1.0)
@@ -180,9 +186,9 @@ class TeacherConfig(_Section):
     )
 
     def __post_init__(self) -> None:
-        self._require(bool(self.context.strip()) or bool(self.demonstrations) or bool(self.contexts), "context",
-                      "give a context to internalize")
         self._choice("position", ("system", "before_input", "after_input"))
+        self._require(self.demonstrations_per_context >= 0, "demonstrations_per_context", "must be >= 0 (0 = one context)")
+        self._choice("combine", ("average", "route"))
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
         self._require(self.temperature > 0, "temperature", "must be > 0")
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -220,6 +226,14 @@ class TeacherConfig(_Section):
             if not isinstance(demo, dict) or set(demo) != {"input", "output"}:
                 raise InternalizeError(f"{key}[{i}]={demo!r} is invalid: use {{input: ..., output: ...}}")
 
+    def split(self) -> list[TeacherConfig]:
+        """The contexts this teacher combines: one per chunk of ``demonstrations_per_context`` demonstrations."""
+        k = self.demonstrations_per_context
+        if not k or k >= len(self.demonstrations):
+            return [self]
+        return [dataclasses.replace(self, demonstrations=self.demonstrations[i : i + k], demonstrations_per_context=0)
+                for i in range(0, len(self.demonstrations), k)]
+
     def for_context(self, entry: dict[str, Any]) -> TeacherConfig:
         """This teacher with one entry of ``contexts`` as its context (``contexts`` keeps just that entry)."""
         return dataclasses.replace(self, context=entry.get("context", ""), demonstrations=entry.get("demonstrations", []),
@@ -229,8 +243,11 @@ class TeacherConfig(_Section):
 @dataclass
 class TrainConfig(_Section):
     _name = "train"
-    loss: str = _help("forward_kl (KL(teacher||student)), reverse_kl, jsd or ce (teacher samples as hard labels).",
+    loss: str = _help("forward_kl (KL(teacher||student)), reverse_kl, jsd or ce (hard labels: the answer tokens).",
                       default="forward_kl")
+    targets: str = _help("teacher: learn the teacher's answers (context distillation); data: learn each training "
+                         "record's 'output' text as given (plain fine-tuning, needs train.loss=ce; the teacher "
+                         "does not run on the training inputs).", default="teacher")
     jsd_beta: float = _help("Generalized JSD: the teacher's weight in the mixture, in (0, 1); 0.5 = symmetric.",
                             default=0.5)
     ce_weight: float = _help("Weight of an added hard-label cross-entropy on the teacher's answer tokens.", default=0.0)
@@ -249,6 +266,9 @@ class TrainConfig(_Section):
 
     def __post_init__(self) -> None:
         self._choice("loss", ("forward_kl", "reverse_kl", "jsd", "ce"))
+        self._choice("targets", ("teacher", "data"))
+        self._require(self.targets == "teacher" or self.loss == "ce", "targets",
+                      "given outputs have no teacher distributions; set train.loss=ce")
         self._require(0.0 < self.jsd_beta < 1.0, "jsd_beta", "must be in (0, 1); use forward_kl or reverse_kl for the ends")
         self._require(self.ce_weight >= 0, "ce_weight", "must be >= 0")
         self._require(self.lr > 0, "lr", "must be > 0")
@@ -305,6 +325,12 @@ class Config:
     train: TrainConfig
     eval: EvalConfig
     output: OutputConfig
+
+    def __post_init__(self) -> None:
+        t = self.teacher
+        if self.train.targets == "teacher" and not (t.context.strip() or t.demonstrations or t.contexts):
+            raise InternalizeError("teacher.context='' is invalid: give a context to internalize "
+                                   "(or train.targets=data to fine-tune on given outputs)")
 
 
 def _field_types(cls: type) -> dict[str, Any]:

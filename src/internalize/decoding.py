@@ -19,6 +19,7 @@ tail mass, or the full vocabulary): the teacher's distributions come free with i
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,11 +122,26 @@ def collate(views: Sequence[View], pad_id: int, prefix_len: int = 0) -> Batch:
     return Batch(input_ids, attention_mask, position_ids, answer_pos, answer_tok, answer_mask, keep)
 
 
-def batches(views: Sequence[View], batch_size: int, pad_id: int, prefix_len: int = 0) -> list[tuple[list[int], Batch]]:
-    """Length-sorted batches (little padding) with the original indices of their views."""
-    order = sorted(range(len(views)), key=lambda i: len(views[i].prompt_ids) + len(views[i].answer_ids))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+def batches(views: Sequence[View], batch_size: int, pad_id: int, prefix_len: int = 0,
+            group: int = 1) -> list[tuple[list[int], Batch]]:
+    """Length-sorted batches (little padding) with the original indices of their views.
+
+    ``group`` > 1: each run of ``group`` consecutive views (one input under several contexts) stays
+    together and in order in one batch; ``batch_size`` counts runs."""
+    def length(g: int) -> int:
+        return max(len(v.prompt_ids) + len(v.answer_ids) for v in views[g * group : (g + 1) * group])
+
+    order = sorted(range(len(views) // group), key=length)
+    chunks = [[i for g in order[s : s + batch_size] for i in range(g * group, (g + 1) * group)]
+              for s in range(0, len(order), batch_size)]
     return [(idx, collate([views[i] for i in idx], pad_id, prefix_len)) for idx in chunks]
+
+
+def mean_over_contexts(logp: torch.Tensor, group: int) -> torch.Tensor:
+    """[R * group, ..., V] log-probs -> [R, ..., V]: the log of the mean probability over each run of ``group``."""
+    if group == 1:
+        return logp
+    return torch.logsumexp(logp.view(-1, group, *logp.shape[1:]), dim=1) - math.log(group)
 
 
 def _contiguous_head_input(model: PreTrainedModel) -> None:
@@ -187,28 +203,34 @@ def _choose(logp: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
              max_new_tokens: int, batch_size: int, do_sample: bool = False, temperature: float = 1.0,
              top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
-             desc: str = "generate") -> list[list[Generation]]:
+             group: int = 1, desc: str = "generate") -> list[list[Generation]]:
     """Generate ``num_samples`` continuations per prompt (ids). Call under ``teacher_mode`` or ``inference_mode``.
 
     Batches are length-sorted; rows leave the batch as they finish. ``distributions``: None keeps
     no log-probs, 0 the full vocabulary, k the top-k plus the tail mass (temperature 1, as scored).
+    ``group`` > 1: each run of ``group`` consecutive prompts is one input under several contexts; the
+    next-token distribution is the mean of theirs (``mean_over_contexts``), all of them continue with
+    the token chosen from it, and there is one result per run (``batch_size`` counts runs).
     """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     prefix = Prefix.shared(prompts).prefill(model)
     device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    results: list[list[Generation]] = [[] for _ in prompts]
+    inputs = len(prompts) // group
+    order = sorted(range(inputs), key=lambda i: max(map(len, prompts[i * group : (i + 1) * group])))
+    results: list[list[Generation]] = [[] for _ in range(inputs)]
+    contexts = torch.arange(group)
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
-        rows = [i for i in order[start : start + batch_size] for _ in range(num_samples)]
-        batch = collate([View(tuple(prompts[i]), ()) for i in rows], pad, len(prefix)).to(device)
-        cache = prefix.expanded(model, len(rows)) if prefix.cache is not None else DynamicCache(config=model.config)
+        rows = [i for i in order[start : start + batch_size] for _ in range(num_samples)]  # one per sequence
+        batch = collate([View(tuple(prompts[i * group + g]), ()) for i in rows for g in range(group)], pad,
+                        len(prefix)).to(device)
+        cache = prefix.expanded(model, len(rows) * group) if prefix.cache is not None else DynamicCache(config=model.config)
         logits = forward(model, batch, cache, keep=1)[:, -1]
         mask, position = batch.attention_mask, batch.position_ids[:, -1:]
-        active = torch.arange(len(rows))  # batch rows still generating
+        active = torch.arange(len(rows))  # sequences still generating
         tokens: list[list[int]] = [[] for _ in rows]
         dists: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = [[] for _ in rows]
         for step in range(max_new_tokens):
-            logp = torch.log_softmax(logits.float(), dim=-1)
+            logp = mean_over_contexts(torch.log_softmax(logits.float(), dim=-1), group)
             chosen = _choose(logp, do_sample, temperature, top_p)
             kept = topk_with_tail(logp, distributions) if distributions is not None else None
             for r, (row, token) in enumerate(zip(active.tolist(), chosen.tolist(), strict=True)):
@@ -218,13 +240,14 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             going = (chosen != eos).nonzero().squeeze(1)
             if step == max_new_tokens - 1 or len(going) == 0:
                 break
-            if len(going) < len(active):  # finished rows leave the batch
-                cache.batch_select_indices(going)
-                active, chosen, mask, position = active[going], chosen[going], mask[going], position[going]
-            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            if len(going) < len(active):  # finished sequences leave the batch, with all their contexts
+                keep = (going[:, None] * group + contexts).flatten()
+                cache.batch_select_indices(keep)
+                active, chosen, mask, position = active[going], chosen[going], mask[keep], position[keep]
+            mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
             position = position + 1
-            logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position,
-                           cache=cache, use_cache=True).logits[:, -1]
+            logits = model(input_ids=chosen.repeat_interleave(group)[:, None], attention_mask=mask,
+                           position_ids=position, cache=cache, use_cache=True).logits[:, -1]
         for row, i in enumerate(rows):
             ids, finished = tokens[row], eos in tokens[row]
             text = tokenizer.decode(ids[: ids.index(eos)] if finished else ids, skip_special_tokens=True).strip()

@@ -32,7 +32,7 @@ from .evaluation import ConditionResult, Scorer, evaluate, load_scorer
 from .models import load_model, make_student, save_artifact
 from .report import write_report
 from .synthesis import check_synthesis, synthesize
-from .teacher import TeacherTargets, teach
+from .teacher import TeacherTargets, given_answers, teach
 from .teacher import cache_dir as teacher_cache_dir
 from .training import fit
 
@@ -108,13 +108,14 @@ class Task:
     train: list[Record] | None  # None: the model writes them (data.synthesize)
     held_out: list[Record]
     scorer: Scorer | None
+    train_file: str = ""  # where the training records came from, for error messages
 
 
 def _tasks(cfg: Config) -> list[Task]:
     """The run's behaviours: the one context, or each entry of ``teacher.contexts`` with its own files."""
     if not cfg.teacher.contexts:
         train, held_out = _inputs(cfg)
-        return [Task("main", cfg.teacher, train, held_out, load_scorer(cfg.eval))]
+        return [Task("main", cfg.teacher, train, held_out, load_scorer(cfg.eval), cfg.data.train_file or "data.inputs")]
     if not any(str(e.get("context", "")).strip() or e.get("demonstrations") for e in cfg.teacher.contexts):
         raise InternalizeError("teacher.contexts: no entry has a context or demonstrations; give at least one")
     tasks = []
@@ -126,7 +127,7 @@ def _tasks(cfg: Config) -> list[Task]:
             train = train[: cfg.data.max_train]
         own = {k: entry.get(k, "") for k in ("scorer_regex", "scorer")}
         scorer = load_scorer(dataclasses.replace(cfg.eval, **own) if any(own.values()) else cfg.eval)
-        tasks.append(Task(entry["name"], cfg.teacher.for_context(entry), train, held_out, scorer))
+        tasks.append(Task(entry["name"], cfg.teacher.for_context(entry), train, held_out, scorer, entry["train_file"]))
     return tasks
 
 
@@ -174,7 +175,8 @@ def distill(cfg: Config) -> dict[str, Any]:
                 tasks[0].train, tasks[0].held_out = split_inputs(cfg.data, records, tasks[0].held_out)
         model = make_student(model, cfg.model)
         with _timed(timings, "teacher"):
-            taught = [teach(model, tokenizer, t.train, t.teacher, desc=f"teacher[{t.name}]") for t in tasks]
+            taught = [given_answers(tokenizer, t.train, t.teacher, t.train_file) if cfg.train.targets == "data"
+                      else teach(model, tokenizer, t.train, t.teacher, desc=f"teacher[{t.name}]") for t in tasks]
             targets = TeacherTargets.concat(taught)
             if not len(targets):
                 raise InternalizeError(f"the teacher kept no answers out of {sum(len(t.train) for t in tasks)} inputs "

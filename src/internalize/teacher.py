@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import cache
-from .config import TeacherConfig
+from .config import InternalizeError, TeacherConfig
 from .data import Record
-from .decoding import Prefix, answer_logits, batches, generate, topk_with_tail
+from .decoding import Prefix, answer_logits, batches, generate, mean_over_contexts, topk_with_tail
 from .models import cache_root, teacher_mode
 from .views import View, answer_ids, pad_stack, prompt_ids
 
@@ -120,7 +120,12 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
     ``with_context=False`` gives the frozen base model's own answers and distributions (the
     reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
-    prompts = [prompt_ids(tokenizer, r["input"], cfg if with_context else None) for r in records]
+    contexts = cfg.split() if with_context else [None]
+    group = len(contexts) if cfg.combine == "average" else 1  # prompts per input, averaged
+    if group > 1:
+        prompts = [prompt_ids(tokenizer, r["input"], c) for r in records for c in contexts]
+    else:  # one context per input: the only one, or routed (input i to context i mod n)
+        prompts = [prompt_ids(tokenizer, r["input"], contexts[i % len(contexts)]) for i, r in enumerate(records)]
     where = cache_dir(cfg)
     if where is not None:
         with teacher_mode(model):
@@ -132,13 +137,15 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
             return cached
     targets = TeacherTargets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
-    rescore: list[int] = []  # kept samples whose extracted answer is scored after its scratch-pad
+    rescore: list[View] = []  # kept samples' answers after their scratch-pads, under each averaged context
     with teacher_mode(model), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
-                           cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, desc=f"{desc}: generate")
+                           cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, group=group,
+                           desc=f"{desc}: generate")
         student_prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
-        for i, (record, prompt, outs) in enumerate(zip(records, prompts, samples, strict=True)):
+        for i, (record, outs) in enumerate(zip(records, samples, strict=True)):
+            prompt = prompts[i * group]  # the teacher view keeps the first context's prompt
             for n, gen in enumerate(outs):
                 split = extract_answer(gen.text, cfg.extractor, cfg.extract_pattern) if gen.finished else None
                 if n == 0:
@@ -156,9 +163,12 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
                     if targets.ids is not None:
                         targets.ids.append(gen.top)
                 else:
-                    scratch_tok = tuple(tokenizer(scratch, add_special_tokens=False).input_ids) if scratch else ()
-                    view = View(prompt + scratch_tok, answer_ids(tokenizer, answer))
-                    rescore.append(len(targets))
+                    # spaces before the answer go with it ("...negative:" + " rainy"), as the teacher wrote
+                    # them: a scratch-pad ending in a lone space token is a state the teacher never saw
+                    body = scratch.rstrip(" ")
+                    scratch_tok = tuple(tokenizer(body, add_special_tokens=False).input_ids) if body else ()
+                    view = View(prompt + scratch_tok, answer_ids(tokenizer, scratch[len(body):] + answer))
+                    rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
                 targets.records.append(record)
                 targets.source.append(i)
                 targets.generations.append(gen.text)
@@ -170,7 +180,7 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
             log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
                         sum(map(len, samples)), dict(dropped))
         if rescore:
-            scored = _score(model, tokenizer, [targets.teacher_views[i] for i in rescore], top_k, cfg.batch_size, desc)
+            scored = _score(model, tokenizer, rescore, top_k, cfg.batch_size, desc, group)
             targets.logp = [logp for logp, _ in scored]
             targets.ids = None if not top_k else [ids for _, ids in scored]
     if where is not None:
@@ -178,15 +188,42 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
     return targets
 
 
+def given_answers(tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: TeacherConfig,
+                  where: str = "the training file") -> TeacherTargets:
+    """Targets from each record's ``output`` text, for hard-label fine-tuning (``train.targets=data``).
+
+    No model runs: the answers are given, so there are no teacher distributions (zero-width log-probs)."""
+    targets = TeacherTargets(ids=None)
+    for i, record in enumerate(records):
+        output = record.get("output")
+        if not isinstance(output, str) or not output.strip():
+            raise InternalizeError(f"{where}: record {i + 1} has no 'output' text; train.targets=data needs "
+                                   "{\"input\": ..., \"output\": ...} on every line")
+        answer = output.strip()
+        view = View(prompt_ids(tokenizer, record["input"], cfg), answer_ids(tokenizer, answer))
+        targets.records.append(record)
+        targets.source.append(i)
+        targets.generations.append(answer)
+        targets.answers.append(answer)
+        targets.all_answers.append(answer)
+        targets.teacher_views.append(view)
+        targets.student_views.append(View(prompt_ids(tokenizer, record["input"]), view.answer_ids))
+        targets.logp.append(torch.zeros(len(view.answer_ids), 0))
+    return targets
+
+
 def _score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, views: list[View], top_k: int,
-           batch_size: int, desc: str) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """The model's log-probs on each view's answer tokens: [A_i, k + 1] and [A_i, k] ids (or [A_i, V], None)."""
+           batch_size: int, desc: str, group: int = 1) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The model's log-probs on each view's answer tokens: [A_i, k + 1] and [A_i, k] ids (or [A_i, V], None).
+
+    ``group`` > 1: runs of ``group`` views (one answer under several contexts) give one result, the mean."""
     prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model)
     device = next(model.parameters()).device
     scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
-    for idx, batch in tqdm(batches(views, batch_size, tokenizer.pad_token_id, len(prefix)), desc=f"{desc}: score",
-                           unit="batch", disable=None):
-        logp = torch.log_softmax(answer_logits(model, batch.to(device), prefix).float(), dim=-1).cpu()
-        for row, i in enumerate(idx):
-            scored[i] = topk_with_tail(logp[row, : len(views[i].answer_ids)], top_k)
-    return [scored[i] for i in range(len(views))]
+    for idx, batch in tqdm(batches(views, batch_size, tokenizer.pad_token_id, len(prefix), group),
+                           desc=f"{desc}: score", unit="batch", disable=None):
+        logits = answer_logits(model, batch.to(device), prefix).float()
+        logp = mean_over_contexts(torch.log_softmax(logits, dim=-1), group).cpu()
+        for row, i in enumerate(idx[::group]):
+            scored[i // group] = topk_with_tail(logp[row, : len(views[i].answer_ids)], top_k)
+    return [scored[i] for i in range(len(views) // group)]

@@ -1,0 +1,124 @@
+"""Score the reasoning experiment's models on unseen addition problems, by digit length, and on word problems.
+
+For each ``NAME=MODEL`` it generates greedily, with no context, the direct answer to
+``--per-length`` problems of each digit length (none of them in any training file) and to
+``--word`` template word problems, and scores exact match (``task.direct``). With ``--scratchpad
+NAME`` that model is also scored with the scratch-pad request (``task.scratchpad_answer``) on
+``--scratchpad-per-length`` problems per length. Mean generated tokens per answer give the
+inference cost. Writes ``experiments/results/addition.json`` and ``experiments/addition/accuracy.png``.
+
+    python experiments/addition/evaluate.py --scratchpad teacher base=smollm2-135m \\
+        teacher=runs/addition_teacher/model student=runs/addition_student/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.addition import task
+from internalize.config import ModelConfig
+from internalize.decoding import generate
+from internalize.models import load_model
+from internalize.views import prompt_ids
+
+ROOT = Path(__file__).resolve().parents[2]
+log = logging.getLogger("addition")
+
+
+def _seen() -> set[tuple[int, int]]:
+    """Every problem in the experiment's training and dev files."""
+    seen = set()
+    for path in (task.HERE / "data").glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            seen.add((row["a"], row["b"]))
+    return seen
+
+
+def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int) -> dict[str, list[dict[str, Any]]]:
+    seen = _seen()
+    sets = {}
+    for d in task.DIGITS:  # 1 and 2 digits have too few problems to hold unseen ones out: all of them, or a draw
+        pairs = sorted(task._all(d))[:per_length] if d == 1 else task.problems(per_length, [d], seed + 100 + d,
+                                                                              exclude=seen if d > 2 else None)
+        sets[f"direct_{d}"] = [task.record(a, b) for a, b in pairs]
+        sets[f"scratchpad_{d}"] = [task.with_context(task.record(a, b, "scratchpad")) for a, b in pairs[:scratch_per_length]]
+    sets["word"] = task.word_problems(words, task.DIGITS, seed + 7)
+    return sets
+
+
+def score(model, tokenizer, records: list[dict[str, Any]], scorer, max_new_tokens: int,
+          batch_size: int) -> dict[str, float]:
+    prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
+    with torch.inference_mode():
+        outs = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="eval")]
+    return {"accuracy": sum(scorer(r, g.text) for r, g in zip(records, outs, strict=True)) / len(records),
+            "tokens": sum(len(g.ids) for g in outs) / len(outs), "n": len(records),
+            "examples": [[r["input"][-60:], g.text[-80:]] for r, g in zip(records[:3], outs[:3], strict=True)]}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, res in results["models"].items():
+        ax.plot(task.DIGITS, [res[f"direct_{d}"]["accuracy"] for d in task.DIGITS], marker="o", label=f"{name} (direct)")
+        if f"scratchpad_{task.DIGITS[0]}" in res:
+            ax.plot(task.DIGITS, [res[f"scratchpad_{d}"]["accuracy"] for d in task.DIGITS], marker="s",
+                    linestyle="--", label=f"{name} (scratch-pad)")
+    ax.set(xlabel="digits per number", ylabel="exact-match accuracy", ylim=(-0.02, 1.02), xticks=task.DIGITS,
+           title="Addition: direct answers after context distillation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", help="NAME=MODEL (a run's model directory or smollm2-135m)")
+    parser.add_argument("--scratchpad", default="", help="NAME of the model also scored with the scratch-pad")
+    parser.add_argument("--per-length", type=int, default=2000)
+    parser.add_argument("--scratchpad-per-length", type=int, default=200)
+    parser.add_argument("--word", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="addition")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start = time.perf_counter()
+    sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed)
+    results: dict[str, Any] = {"command": "python experiments/addition/evaluate.py " + " ".join(
+        ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else []) + args.models), "seed": args.seed,
+        "digits": task.DIGITS, "models": {}}
+    for spec in args.models:
+        name, _, path = spec.partition("=")
+        model, tokenizer = load_model(ModelConfig(name=path))
+        res: dict[str, Any] = {"model": path}
+        for d in task.DIGITS:
+            res[f"direct_{d}"] = score(model, tokenizer, sets[f"direct_{d}"], task.direct, 16, args.batch_size)
+            if name == args.scratchpad:
+                res[f"scratchpad_{d}"] = score(model, tokenizer, sets[f"scratchpad_{d}"], task.scratchpad_answer,
+                                               32 + 16 * (d + 1), args.batch_size)
+            log.info("%s %d digits: %s", name, d, {k: v["accuracy"] for k, v in res.items() if k.endswith(f"_{d}")})
+        res["word"] = score(model, tokenizer, sets["word"], task.direct, 16, args.batch_size)
+        log.info("%s word problems: %.3f", name, res["word"]["accuracy"])
+        results["models"][name] = res
+    results["wall_s"] = round(time.perf_counter() - start, 1)
+    out = ROOT / "experiments/results" / f"{args.out}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, ROOT / "experiments/addition" / f"{args.out}.png")
+    log.info("wrote %s (%.0f s)", out, results["wall_s"])
+
+
+if __name__ == "__main__":
+    main()
