@@ -1,0 +1,107 @@
+"""The text-to-SQL task of experiments/sql/task.py: databases, gold queries, splits and scorers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the experiments namespace package
+
+from experiments.sql.task import (  # noqa: E402
+    DOMAINS,
+    TEMPLATES,
+    exact_match,
+    execute,
+    execution_match,
+    extract_sql,
+    make_split,
+    questions,
+    schema_text,
+)
+
+
+@pytest.fixture(scope="module")
+def split() -> dict:
+    return make_split(seed=1, n_train_dbs=10, n_eval_dbs=4, questions_per_db=8, eval_questions_per_db=12)
+
+
+def test_gold_queries_execute_and_match_themselves(split: dict) -> None:
+    records = split["train"] + split["eval"]
+    assert len(split["train"]) == 80 and len(split["eval"]) == 48
+    for r in records:
+        rows = execute(r["db"], r["output"])
+        assert rows and rows not in ([(0,)], [(None,)]), r
+        assert execution_match(r, r["output"]) == 1.0 and exact_match(r, r["output"]) == 1.0
+        assert r["input"].endswith(f"\n\nQuestion: {r['question']}") and "CREATE TABLE" in r["input"]
+
+
+def test_every_domain_and_template_produces_questions() -> None:
+    for name in DOMAINS:
+        records = [r for seed in range(3) for r in questions(f"{name}-{seed}", 26)]
+        assert len(records) == 78 and len({(r["db"], r["output"]) for r in records}) == 78
+        assert {r["template"] for r in records} == set(TEMPLATES), name  # a template may miss one db (ties in ORDER BY)
+
+
+def test_eval_databases_are_disjoint_from_training(split: dict) -> None:
+    train, held = {r["db"] for r in split["train"]}, {r["db"] for r in split["eval"]}
+    assert train and held and not train & held
+    assert {r["domain"] for r in split["eval"]} == {"zoo", "hospital"}
+    assert not {r["domain"] for r in split["train"]} & {"zoo", "hospital"}
+    same_domains = make_split(seed=1, n_train_dbs=6, n_eval_dbs=6, questions_per_db=2, eval_domains=())
+    assert not set(same_domains["train_dbs"]) & set(same_domains["eval_dbs"])
+    assert {r["domain"] for r in same_domains["eval"]} == set(list(DOMAINS)[:6])
+
+
+def test_same_seed_same_records(split: dict) -> None:
+    assert make_split(seed=1, n_train_dbs=10, n_eval_dbs=4, questions_per_db=8, eval_questions_per_db=12) == split
+    assert make_split(seed=2, n_train_dbs=10, n_eval_dbs=4, questions_per_db=8)["train"] != split["train"]
+
+
+def test_schema_text() -> None:
+    text = schema_text("library-3")
+    assert text.count("CREATE TABLE") == 2 and "books" in text and "authors" in text and "INSERT" not in text
+
+
+def test_execution_match_accepts_rewrites_and_rejects_wrong_answers() -> None:
+    record = {"db": "library-3", "output": "SELECT title FROM books WHERE genre = 'fantasy'"}
+    rewrite = "select b.title from books as b where b.genre in ('fantasy') order by b.id desc;"
+    assert execution_match(record, rewrite) == 1.0 and exact_match(record, rewrite) == 0.0
+    assert execution_match(record, "SELECT title FROM books WHERE genre = 'mystery'") == 0.0
+    assert execution_match(record, "SELECT title, genre FROM books WHERE genre = 'fantasy'") == 0.0
+    count = {"db": "shop-5", "output": "SELECT COUNT(*) FROM products WHERE price > 50"}
+    assert execution_match(count, "SELECT COUNT(id) FROM products WHERE NOT price <= 50") == 1.0
+
+
+@pytest.mark.parametrize("answer", ["SELEC title FRM books", "SELECT nope FROM books", "", "DROP TABLE books",
+                                    "SELECT 1; SELECT 2", "I don't know.", "SELECT title FROM books WHERE genre = 'fantasy"])
+def test_broken_answers_score_zero_without_raising(answer: str) -> None:
+    record = {"db": "library-3", "output": "SELECT title FROM books WHERE genre = 'fantasy'"}
+    assert execution_match(record, answer) == 0.0 and exact_match(record, answer) == 0.0
+
+
+def test_execute_errors_and_timeouts_give_none() -> None:
+    assert execute("library-3", "SELECT * FROM nowhere") is None
+    assert execute("atlantis-1", "SELECT 1") is None
+    forever = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT COUNT(*) FROM c"
+    assert execute("library-3", forever, timeout_s=0.05) is None
+    assert execute("library-3", "DELETE FROM books") == [] and execute("library-3", "SELECT COUNT(*) FROM books")[0][0] > 0
+
+
+def test_exact_match_normalizes_case_space_and_semicolon() -> None:
+    record = {"output": "SELECT name FROM doctors WHERE specialty = 'surgery'"}
+    assert exact_match(record, "select  name\nFROM doctors where SPECIALTY = 'surgery';") == 1.0
+    assert exact_match(record, "SELECT name FROM doctors WHERE specialty = 'oncology'") == 0.0
+
+
+@pytest.mark.parametrize("text", [
+    "```sql\nSELECT a FROM t;\n```",
+    "SQL: SELECT a FROM t",
+    "Here is the query:\n```\nSELECT a FROM t\n```\nIt selects a.",
+    "SELECT a FROM t; SELECT b FROM t;",
+    "The answer is SELECT a FROM t\n\nThis query returns a.",
+    "  SELECT a FROM t  ",
+])
+def test_extract_sql(text: str) -> None:
+    assert extract_sql(text) == "SELECT a FROM t"
