@@ -26,7 +26,7 @@ def test_there_are_examples():
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
 def test_config_parses(path):
     cfg = load_config(path)
-    assert cfg.teacher.context or cfg.teacher.demonstrations or cfg.teacher.contexts
+    assert cfg.teacher.context or cfg.teacher.demonstrations or cfg.teacher.contexts or cfg.train.targets == "data"
     assert cfg.output.dir
 
 

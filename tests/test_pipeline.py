@@ -332,3 +332,14 @@ def test_fine_tuning_on_given_outputs_learns_them_without_running_the_teacher(ti
     assert metrics["student"]["score"] == 1.0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["train_answers"] == len(TINY_INPUTS) - 4 and run["steps"] == 20 * 2  # 8 answers, batch 4
+
+
+@pytest.mark.parametrize("combine", ["average", "route"])
+def test_distill_with_examples_split_over_several_contexts(tiny_model_dir, tmp_path, combine):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["teacher"].update(demonstrations=[{"input": f"q{i}", "output": "ok"} for i in range(4)],
+                          demonstrations_per_context=2, combine=combine)
+    metrics = distill(config_from_dict(raw))
+    assert set(metrics) == {"base", "teacher", "student"}
+    how = "averaged token by token" if combine == "average" else "input i taught by context i mod n"
+    assert f"4 demonstration turn(s) in 2 contexts of up to 2 ({how})" in (tmp_path / "run" / "report.md").read_text()

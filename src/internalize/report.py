@@ -95,8 +95,12 @@ def _plot_behaviours(metrics: dict[str, dict[str, dict[str, float]]], path: Path
 
 
 def _context_lines(teacher: TeacherConfig) -> list[str]:
-    return ["Context:", "", *[f"> {line}" for line in (teacher.context.strip() or "(demonstrations only)").splitlines()],
-            "", f"{len(teacher.demonstrations)} demonstration turn(s), position `{teacher.position}`.", ""]
+    text = teacher.context.strip() or ("(demonstrations only)" if teacher.demonstrations else "(none)")
+    turns = f"{len(teacher.demonstrations)} demonstration turn(s)"
+    if len(teacher.split()) > 1:
+        how = "averaged token by token" if teacher.combine == "average" else "input i taught by context i mod n"
+        turns += f" in {len(teacher.split())} contexts of up to {teacher.demonstrations_per_context} ({how})"
+    return ["Context:", "", *[f"> {line}" for line in text.splitlines()], "", f"{turns}, position `{teacher.position}`.", ""]
 
 
 def _table(metrics: dict[str, dict[str, float]]) -> list[str]:
