@@ -29,7 +29,7 @@ def test_scratchpad_works_column_by_column_and_ends_with_the_sum(a, b):
     assert lines[-1] == f"Answer: {a + b}"
     steps = [re.fullmatch(r"(\d*)\+(\d*),(\d*),C(\d)", line).groups() for line in lines[:-1]]
     assert steps[0][2:] == ("", "0") and steps[-1][:2] == ("", "")
-    for (left, right, done, carry), (left2, right2, done2, carry2) in zip(steps, steps[1:]):
+    for (left, right, done, carry), (left2, right2, done2, carry2) in zip(steps[:-1], steps[1:], strict=True):
         total = int(left[-1]) + int(right[-1]) + int(carry)
         assert (left2, right2, done2, carry2) == (left[:-1], right[:-1], str(total % 10) + done, str(total // 10))
 
