@@ -121,6 +121,16 @@ def test_fit_counts_steps_and_micro_batches(tiny, monkeypatch):
     assert calls == [2] * 9
 
 
+def test_fit_logs_progress_for_runs_without_a_terminal(tiny, caplog):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    with caplog.at_level("INFO", logger="internalize.training"):
+        fit(student, tok, _targets(tok), TrainConfig(max_steps=20, batch_size=6, seed=0))
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [m.split(",")[0] for m in progress] == [f"step {n}/20" for n in range(2, 20, 2)]
+    assert all("s left" in m for m in progress)
+
+
 def test_fit_epochs_when_no_max_steps(tiny):
     model, tok = tiny
     student = make_student(model, LORA)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Iterator
 
 import torch
@@ -87,6 +88,7 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
     history: list[dict[str, float]] = []
     model.train()
     bar = tqdm(range(total), desc="train", unit="step", disable=None)
+    started = time.perf_counter()
     # loop
     for step in bar:
         loss_sum = torch.zeros((), device=device)
@@ -113,5 +115,9 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
         record = {"step": step + 1, "loss": loss_sum.item(), "lr": lr, "padding": round(padding, 4)}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
+        if (step + 1) % max(1, total // 10) == 0 and step + 1 < total:  # progress in logs too (no tty, no bar)
+            elapsed = time.perf_counter() - started
+            log.info("step %d/%d, loss %.4f, %.0f s, about %.0f s left", step + 1, total, record["loss"], elapsed,
+                     elapsed / (step + 1) * (total - step - 1))
     model.eval()
     return history
