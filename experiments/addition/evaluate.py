@@ -7,7 +7,7 @@ NAME`` that model is also scored with the scratch-pad request (``task.scratchpad
 ``--scratchpad-per-length`` problems per length. Mean generated tokens per answer give the
 inference cost. Writes ``experiments/results/addition.json`` and ``experiments/addition/accuracy.png``.
 
-    python experiments/addition/evaluate.py --scratchpad teacher base=smollm2-135m \\
+    python -m experiments.addition.evaluate --scratchpad teacher base=smollm2-135m \\
         teacher=runs/addition_teacher/model student=runs/addition_student/model
 """
 
@@ -45,9 +45,8 @@ def _seen() -> set[tuple[int, int]]:
 def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int) -> dict[str, list[dict[str, Any]]]:
     seen = _seen()
     sets = {}
-    for d in task.DIGITS:  # 1 and 2 digits have too few problems to hold unseen ones out: all of them, or a draw
-        pairs = sorted(task._all(d))[:per_length] if d == 1 else task.problems(per_length, [d], seed + 100 + d,
-                                                                              exclude=seen if d > 2 else None)
+    for d in task.DIGITS:  # 1 digit has only 100 problems, all seen in training: it is scored on all of them
+        pairs = sorted(task._all(1)) if d == 1 else task.problems(per_length, [d], seed + 100 + d, exclude=seen)
         sets[f"direct_{d}"] = [task.record(a, b) for a, b in pairs]
         sets[f"scratchpad_{d}"] = [task.with_context(task.record(a, b, "scratchpad")) for a, b in pairs[:scratch_per_length]]
     sets["word"] = task.word_problems(words, task.DIGITS, seed + 7)
@@ -97,7 +96,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
     sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed)
-    results: dict[str, Any] = {"command": "python experiments/addition/evaluate.py " + " ".join(
+    results: dict[str, Any] = {"command": "python -m experiments.addition.evaluate " + " ".join(
         ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else []) + args.models), "seed": args.seed,
         "digits": task.DIGITS, "models": {}}
     for spec in args.models:

@@ -12,7 +12,7 @@ For each seed: split the countries (``capitals.split``), let the model write cou
 Everything is the product's own ``synthesize_inputs`` and ``distill``. Writes
 ``experiments/results/examples_capitals.json`` and ``experiments/examples/capitals.png``.
 
-    python experiments/examples/run.py --seeds 0 1 2 --k 4 8
+    python -m experiments.examples.run --seeds 0 1 2 --k 4 8
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
         summary[k] = {c: {"mean": statistics.mean(r[c] for r in rows),
                           "std": statistics.stdev(r[c] for r in rows) if len(rows) > 1 else 0.0}
                       for c in ("base", "teacher", "student", "gradient_descent")}
-    result = {"command": "python experiments/examples/run.py --seeds " + " ".join(map(str, args.seeds)) + " --k "
+    result = {"command": "python -m experiments.examples.run --seeds " + " ".join(map(str, args.seeds)) + " --k "
               + " ".join(map(str, args.k)), "test_size": len(capitals.split(0)["test"]), "runs": runs,
               "summary": summary, "wall_s": round(time.perf_counter() - start, 1)}
     (ROOT / "experiments/results/examples_capitals.json").write_text(json.dumps(result, indent=2) + "\n")

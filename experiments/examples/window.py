@@ -11,8 +11,8 @@ trained on the same synthesized country names (from ``run.py``) by:
 
 All are scored on seed 0's test countries. Writes ``experiments/results/examples_window.json``.
 
-    python experiments/examples/run.py --seeds 0 --k 4     # first: the synthesized inputs
-    python experiments/examples/window.py
+    python -m experiments.examples.run --seeds 0 --k 4     # first: the synthesized inputs
+    python -m experiments.examples.window
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main() -> None:
         previous = where / f"sequential{i}" / "model"
     results["sequential"] = sequential
     results["wall_s"] = round(time.perf_counter() - start, 1)
-    results["command"] = "python experiments/examples/window.py"
+    results["command"] = "python -m experiments.examples.window"
     Path(ROOT / "experiments/results/examples_window.json").write_text(json.dumps(results, indent=2) + "\n")
     log.info("wrote experiments/results/examples_window.json (%.0f s)", results["wall_s"])
 
