@@ -27,10 +27,12 @@ def test_problems_are_seeded_distinct_and_of_the_asked_lengths():
 def test_scratchpad_works_column_by_column_and_ends_with_the_sum(a, b):
     lines = task.scratchpad(a, b).split("\n")
     assert lines[-1] == f"Answer: {a + b}"
-    steps = [re.fullmatch(r"(\d*)\+(\d*),(\d*),C(\d)", line).groups() for line in lines[:-1]]
-    assert steps[0][2:] == ("", "0") and steps[-1][:2] == ("", "")
-    for (left, right, done, carry), (left2, right2, done2, carry2) in zip(steps[:-1], steps[1:], strict=True):
+    steps = [re.fullmatch(r"(\d*)\+(\d*),(\d*),C(\d)", line.split(" | ")[-1]).groups() for line in lines[:-1]]
+    assert lines[0] == f"{str(a).zfill(len(steps[0][1]))}+{steps[0][1]},,C0" and steps[-1][:2] == ("", "")
+    for (left, right, done, carry), (left2, right2, done2, carry2), line in zip(steps[:-1], steps[1:], lines[1:],
+                                                                            strict=False):
         total = int(left[-1]) + int(right[-1]) + int(carry)
+        assert line.startswith(f"{left[-1]} + {right[-1]} + {carry} = {total} | ")
         assert (left2, right2, done2, carry2) == (left[:-1], right[:-1], str(total % 10) + done, str(total // 10))
 
 

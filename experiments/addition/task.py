@@ -2,12 +2,13 @@
 
 Problems are ``a + b`` with both numbers of the same digit length (1 to 8), lengths uniform, seeded.
 The scratch-pad follows Nye et al. (2021): each line holds what is left of both numbers, the
-digits written so far and the carry, so every step reads only the line above it::
+digits written so far and the carry, so every step reads only the line above it; each step also
+writes its column's sum out ("9 + 7 + 0 = 16"), in the spaced form the model already half knows::
 
     What is 29 + 57?                     (the input; the teacher's context asks for a scratch-pad)
     29+57,,C0                            (the scratch-pad: the teacher's fine-tuning target)
-    2+5,6,C1
-    +,86,C0
+    9 + 7 + 0 = 16 | 2+5,6,C1
+    2 + 5 + 1 = 8 | +,86,C0
     Answer: 86
     86                                   (the direct answer: what the student learns to say)
 
@@ -25,7 +26,7 @@ from typing import Any
 HERE = Path(__file__).parent
 SCRATCHPAD = "Add the two numbers. Work it out digit by digit in a scratch-pad, then give the answer."
 ANSWER = re.compile(r"Answer: (\d+)")
-DIGITS = [1, 2, 3, 4]  # the lengths this CPU can train on in about an hour (EXPERIMENTS.md says why)
+DIGITS = [1, 2, 3]  # the lengths this CPU can train on in about half an hour (EXPERIMENTS.md says why)
 N_FINETUNE, N_DISTILL, N_DEV = 2000, 1000, 60
 
 
@@ -66,8 +67,9 @@ def scratchpad(a: int, b: int) -> str:
     lines = [f"{left}+{right},,C0"]
     while left:
         total = int(left[-1]) + int(right[-1]) + carry
+        column = f"{left[-1]} + {right[-1]} + {carry} = {total}"
         left, right, done, carry = left[:-1], right[:-1], str(total % 10) + done, total // 10
-        lines.append(f"{left}+{right},{done},C{carry}")
+        lines.append(f"{column} | {left}+{right},{done},C{carry}")
     return "\n".join(lines) + f"\nAnswer: {int(str(carry) + done)}"
 
 

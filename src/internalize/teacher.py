@@ -10,6 +10,11 @@ generating (the answer is the generation); with one, the extracted answer is sco
 conditioned on context + input + scratch-pad. The shared context is computed once
 (``decoding.Prefix``), and the targets are cached on disk (``cache``) for later runs.
 
+Demonstrations split over several contexts (``teacher.demonstrations_per_context``) teach either
+as one averaged teacher (its next-token distribution is the mean of the contexts', while
+generating and while scoring) or routed (input i to context i mod n). ``given_answers`` takes the
+answers from the records instead (``train.targets=data``: plain fine-tuning, no teacher run).
+
     targets = teach(model, tokenizer, records, cfg.teacher)
     targets.student_views[i], targets.logp[i]  # [A_i, k + 1]
 """
