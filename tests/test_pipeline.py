@@ -343,3 +343,13 @@ def test_distill_with_examples_split_over_several_contexts(tiny_model_dir, tmp_p
     assert set(metrics) == {"base", "teacher", "student"}
     how = "averaged token by token" if combine == "average" else "input i taught by context i mod n"
     assert f"4 demonstration turn(s) in 2 contexts of up to 2 ({how})" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_the_chain_names_a_fine_tuning_run_by_its_data(tmp_path):
+    run = tmp_path / "ft"
+    (run / "model").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"started_from": {"model": "smollm2-135m"}}))
+    (run / "config.yaml").write_text("train: {targets: data}\ndata: {train_file: sp.jsonl}\nteacher: {context: ''}\n")
+    origin = pipeline._origin(str(run / "model"), str(run / "model"))
+    assert origin["run"]["added"] == ["fine-tuning on sp.jsonl"]
+    assert origin["run"]["started_from"] == {"model": "smollm2-135m"}

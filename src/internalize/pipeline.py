@@ -232,9 +232,11 @@ def _origin(name: str, resolved: str) -> dict[str, Any]:
     if Path(resolved).name == "model" and run_json.exists() and run_config.exists():
         earlier = json.loads(run_json.read_text())
         settings = yaml.safe_load(run_config.read_text())
-        teacher = settings.get("teacher", {})
-        origin["run"] = {"dir": str(Path(resolved).parent),
-                         "added": [c.get("name") for c in teacher.get("contexts", [])] or [teacher.get("context", "")],
+        teacher, train = settings.get("teacher", {}), settings.get("train", {})
+        added = [c.get("name") for c in teacher.get("contexts", [])] or [teacher.get("context", "")]
+        if train.get("targets") == "data":
+            added = [f"fine-tuning on {settings.get('data', {}).get('train_file') or 'data.inputs'}"]
+        origin["run"] = {"dir": str(Path(resolved).parent), "added": added,
                          "started_from": earlier.get("started_from")}
     return origin
 
