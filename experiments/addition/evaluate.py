@@ -46,7 +46,7 @@ def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int) -
     seen = _seen()
     sets = {}
     for d in task.DIGITS:  # 1 digit has only 100 problems, all seen in training: it is scored on all of them
-        pairs = sorted(task._all(1)) if d == 1 else task.problems(per_length, [d], seed + 100 + d, exclude=seen)
+        pairs = sorted(task.all_problems(1)) if d == 1 else task.problems(per_length, [d], seed + 100 + d, exclude=seen)
         sets[f"direct_{d}"] = [task.record(a, b) for a, b in pairs]
         sets[f"scratchpad_{d}"] = [task.with_context(task.record(a, b, "scratchpad")) for a, b in pairs[:scratch_per_length]]
     sets["word"] = task.word_problems(words, task.DIGITS, seed + 7)

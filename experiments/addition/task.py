@@ -35,7 +35,7 @@ def problems(n: int, digits: list[int], seed: int, exclude: set[tuple[int, int]]
 
     A length whose problems run out (1 digit has only 100) stops being drawn."""
     rng, seen, out = random.Random(seed), set(exclude or ()), []
-    left = {d: len(_all(d) - seen) if d <= 2 else 10**12 for d in digits}
+    left = {d: len(all_problems(d) - seen) if d <= 2 else 10**12 for d in digits}
     while len(out) < n:
         open_lengths = [d for d in digits if left[d]]
         if not open_lengths:
@@ -50,7 +50,7 @@ def problems(n: int, digits: list[int], seed: int, exclude: set[tuple[int, int]]
     return out
 
 
-def _all(d: int) -> set[tuple[int, int]]:
+def all_problems(d: int) -> set[tuple[int, int]]:
     """Every problem of ``d`` digits (only for the short lengths, where they can run out)."""
     numbers = range(0 if d == 1 else 10 ** (d - 1), 10**d)
     return {(a, b) for a in numbers for b in numbers}

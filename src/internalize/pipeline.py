@@ -233,9 +233,10 @@ def _origin(name: str, resolved: str) -> dict[str, Any]:
         earlier = json.loads(run_json.read_text())
         settings = yaml.safe_load(run_config.read_text())
         teacher, train = settings.get("teacher", {}), settings.get("train", {})
-        added = [c.get("name") for c in teacher.get("contexts", [])] or [teacher.get("context", "")]
         if train.get("targets") == "data":
             added = [f"fine-tuning on {settings.get('data', {}).get('train_file') or 'data.inputs'}"]
+        else:
+            added = [c.get("name") for c in teacher.get("contexts", [])] or [teacher.get("context", "")]
         origin["run"] = {"dir": str(Path(resolved).parent), "added": added,
                          "started_from": earlier.get("started_from")}
     return origin

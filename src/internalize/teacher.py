@@ -105,6 +105,16 @@ class TeacherTargets:
                 out.dropped[reason] = out.dropped.get(reason, 0) + n
         return out
 
+    def keep(self, record: Record, source: int, generation: str, answer: str, view: View,
+             student_prompt: tuple[int, ...]) -> None:
+        """Add one kept sample: its record, the teacher's text and answer, and both aligned views."""
+        self.records.append(record)
+        self.source.append(source)
+        self.generations.append(generation)
+        self.answers.append(answer)
+        self.teacher_views.append(view)
+        self.student_views.append(View(student_prompt, view.answer_ids))
+
     def stacked(self, idx: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher log-probs [B, length, C] and top-k ids [B, length, k] (or None) for samples ``idx``."""
         logp = pad_stack([self.logp[i] for i in idx], length)
@@ -174,12 +184,7 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
                     scratch_tok = tuple(tokenizer(body, add_special_tokens=False).input_ids) if body else ()
                     view = View(prompt + scratch_tok, answer_ids(tokenizer, scratch[len(body):] + answer))
                     rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
-                targets.records.append(record)
-                targets.source.append(i)
-                targets.generations.append(gen.text)
-                targets.answers.append(answer)
-                targets.teacher_views.append(view)
-                targets.student_views.append(View(student_prompts[i], view.answer_ids))
+                targets.keep(record, i, gen.text, answer, view, student_prompts[i])
         targets.dropped = dict(dropped)
         if dropped:
             log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
@@ -206,13 +211,8 @@ def given_answers(tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg
                                    "{\"input\": ..., \"output\": ...} on every line")
         answer = output.strip()
         view = View(prompt_ids(tokenizer, record["input"], cfg), answer_ids(tokenizer, answer))
-        targets.records.append(record)
-        targets.source.append(i)
-        targets.generations.append(answer)
-        targets.answers.append(answer)
+        targets.keep(record, i, answer, answer, view, prompt_ids(tokenizer, record["input"]))
         targets.all_answers.append(answer)
-        targets.teacher_views.append(view)
-        targets.student_views.append(View(prompt_ids(tokenizer, record["input"]), view.answer_ids))
         targets.logp.append(torch.zeros(len(view.answer_ids), 0))
     return targets
 
