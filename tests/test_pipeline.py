@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from internalize import distill, evaluate_artifact, pipeline
 from internalize.config import InternalizeError, config_from_dict, load_config
+from internalize.data import load_inputs
 from internalize.pipeline import RUN_FILES
 from internalize.teacher import teach
 
@@ -33,7 +34,7 @@ def tiny_run(tiny_model_dir, tmp_path_factory):
 
 def test_distill_writes_the_run_files(tiny_run):
     cfg, metrics, out = tiny_run
-    for name in ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model"):
+    for name in ("config.yaml", "metrics.json", "run.json", "answers.jsonl", "report.md", "metrics.png", "loss.png", "model"):
         assert (out / name).exists(), name
     assert set(RUN_FILES) >= {p.name for p in out.iterdir()}  # nothing else written
     assert not (out / "synthesized.jsonl").exists()  # inline inputs: no synthesis
@@ -53,6 +54,14 @@ def test_distill_metrics(tiny_run):
     assert metrics["teacher"]["agreement"] == 1.0
     assert metrics["teacher"]["kl"] == 0.0
     assert metrics["teacher"]["score"] == 1.0  # the tiny model answers "okay"; the scorer wants ^ok
+
+
+def test_distill_writes_every_held_out_answer(tiny_run):
+    cfg, _, out = tiny_run
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == [r["input"] for r in load_inputs(cfg.data)[1]]
+    assert all(set(r) == {"input", "base", "teacher", "student"} for r in rows)
+    assert all(r["teacher"].startswith("ok") for r in rows)  # the tiny teacher answers "okay"
 
 
 def test_distill_run_info(tiny_run):

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # What a run writes. synthesized.jsonl is not among them: it may be the input of a later run
 # (data.train_file), so it is never cleared, only replaced atomically when inputs are synthesized again.
-RUN_FILES = ("config.yaml", "metrics.json", "run.json", "report.md", "metrics.png", "loss.png", "model")
+RUN_FILES = ("config.yaml", "metrics.json", "run.json", "answers.jsonl", "report.md", "metrics.png", "loss.png", "model")
 
 
 def _output_dir(cfg: OutputConfig) -> Path:

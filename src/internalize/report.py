@@ -1,7 +1,8 @@
 """Report: ``metrics.json``, ``run.json``, plots and ``report.md`` for one run directory.
 
 ``metrics.json`` holds ``{"base": {...}, "teacher": {...}, "student": {...}}``; ``run.json`` the
-timings and counts; ``metrics.png`` a bar plot of the three conditions; ``loss.png`` the loss
+timings and counts; ``answers.jsonl`` every held-out input with each condition's final answer;
+``metrics.png`` a bar plot of the three conditions; ``loss.png`` the loss
 curve; ``report.md`` the table, both plots and side-by-side generations.
 
     write_report(out_dir, {"main": results}, history, {"main": held_out}, info, cfg)
@@ -136,9 +137,18 @@ def _chain(origin: dict[str, Any] | None) -> list[str]:
         else []
 
 
+def _write_answers(path: Path, results: dict[str, dict[str, ConditionResult]], held_out: dict[str, list[Record]]) -> None:
+    """Every held-out input with the final answer of each condition, one JSON object per line."""
+    with path.open("w") as f:
+        for name, r in results.items():
+            for i, record in enumerate(held_out[name]):
+                row = {"behaviour": name} if len(results) > 1 else {}
+                f.write(json.dumps({**row, "input": record["input"], **{c: r[c].outputs[i] for c in CONDITIONS}}) + "\n")
+
+
 def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], history: list[dict[str, float]],
                  held_out: dict[str, list[Record]], info: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    """Write metrics.json, run.json, metrics.png, loss.png and report.md into ``out``.
+    """Write metrics.json, run.json, answers.jsonl, metrics.png, loss.png and report.md into ``out``.
 
     ``results`` and ``held_out`` are per behaviour; with one behaviour, metrics.json is
     ``{base, teacher, student}``, with several ``{behaviour: {base, teacher, student}}``.
@@ -147,6 +157,7 @@ def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], hist
     metrics: dict[str, Any] = next(iter(per_task.values())) if len(per_task) == 1 else per_task
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    _write_answers(out / "answers.jsonl", results, held_out)
     if len(per_task) == 1:
         _plot_metrics(metrics, out / "metrics.png")
     else:
