@@ -105,3 +105,35 @@ def test_exact_match_normalizes_case_space_and_semicolon() -> None:
 ])
 def test_extract_sql(text: str) -> None:
     assert extract_sql(text) == "SELECT a FROM t"
+
+
+def test_the_examples_experiment_splits_each_eval_database_into_disjoint_parts() -> None:
+    import json
+
+    from experiments.sql import run
+
+    root = Path(__file__).resolve().parents[1] / "experiments/sql/data"
+    committed = [json.loads(line) for line in (root / "eval.jsonl").read_text().splitlines()]
+    for db in sorted({r["db"] for r in committed}):
+        parts = run.split(db)
+        assert parts["test"] == [r for r in committed if r["db"] == db]  # the warm-up's eval file, unchanged
+        sizes = {name: len(rows) for name, rows in parts.items()}
+        assert sizes == {"test": run.N_TEST, "pool": run.N_POOL, "dev": run.N_DEV, "inputs": run.N_INPUTS}
+        questions_ = [{r["question"] for r in rows} for rows in parts.values()]
+        assert sum(map(len, questions_)) == len(set().union(*questions_))  # no question in two parts
+        assert all("output" not in r for r in parts["inputs"])  # the student's inputs carry no gold SQL
+        for name, rows in parts.items():  # the committed files are what the script writes
+            assert [json.loads(line) for line in (root / db / f"{name}.jsonl").read_text().splitlines()] == rows
+
+
+def test_the_examples_experiment_scores_exact_match_from_a_runs_answers(tmp_path: Path) -> None:
+    import json
+
+    from experiments.sql import run
+
+    test = run.split("zoo-5000")["test"][:2]
+    answers = [{"input": r["input"], "base": "SELECT 1", "teacher": r["output"].lower() + ";", "student": r["output"]}
+               for r in test]
+    answers[1]["student"] = "SELECT nothing"
+    (tmp_path / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+    assert run.exact_match(tmp_path, test) == {"base": 0.0, "teacher": 1.0, "student": 0.5}

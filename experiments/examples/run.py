@@ -41,8 +41,8 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def _run(overrides: list[str]) -> dict[str, Any]:
-    return distill(load_config(ROOT / CONFIG, [*overrides, "output.overwrite=true"]))
+def _run(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
+    return distill(load_config(ROOT / config, [*overrides, "output.overwrite=true"]))
 
 
 def synthesized_inputs(seed: int, split: dict[str, list[dict]], where: Path) -> str:
@@ -59,17 +59,19 @@ def synthesized_inputs(seed: int, split: dict[str, list[dict]], where: Path) -> 
     return _jsonl(where / "train.jsonl", kept)
 
 
-def gradient_descent(k: int, demos: str, dev: str, test: str, out: Path, seed: int) -> dict[str, Any]:
-    """Hard-label fine-tuning on the k examples: the sweep on dev, then the best setting on test."""
+def gradient_descent(k: int, demos: str, dev: str, test: str, out: Path, seed: int,
+                     config: str = CONFIG) -> dict[str, Any]:
+    """Hard-label fine-tuning on the k examples (``demos``, JSON): the sweep on dev, then the best setting on test."""
     base = [f"data.inputs={demos}", "data.num_eval=0", "train.targets=data", "train.loss=ce", "teacher.demonstrations=[]",
             "data.train_file=", "data.synthesize.seeds=[]", "data.synthesize.task=", f"train.seed={seed}"]
     sweep = []
     for lr, epochs in SWEEP:
-        m = _run([*base, f"train.lr={lr}", f"train.epochs={epochs}", f"data.eval_file={dev}", f"output.dir={out}/gd_sweep"])
+        m = _run([*base, f"train.lr={lr}", f"train.epochs={epochs}", f"data.eval_file={dev}", f"output.dir={out}/gd_sweep"],
+                 config)
         sweep.append({"lr": lr, "epochs": epochs, "dev": m["student"]["score"]})
     best = max(sweep, key=lambda s: s["dev"])  # first best: the lower rate and fewer epochs win ties
     m = _run([*base, f"train.lr={best['lr']}", f"train.epochs={best['epochs']}", f"data.eval_file={test}",
-              f"output.dir={out}/gd_k{k}"])
+              f"output.dir={out}/gd_k{k}"], config)
     return {"sweep": sweep, "best": best, "test": m["student"]["score"]}
 
 
@@ -112,7 +114,9 @@ def main() -> None:
     log.info("summary %s (%.0f s)", summary, result["wall_s"])
 
 
-def plot(summary: dict[int, Any], path: Path) -> None:
+def plot(summary: dict[int, Any], path: Path, ylabel: str = "exact match on test countries",
+         title: str = "Capitals: k examples, mean and std over seeds") -> None:
+    """Bars of each condition's mean (error bars: its spread) per k."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,7 +130,7 @@ def plot(summary: dict[int, Any], path: Path) -> None:
         ax.bar(xs, [s[c]["mean"] for s in summary.values()], width, yerr=[s[c]["std"] for s in summary.values()],
                label=c.replace("_", " "), capsize=3)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(summary))], [f"k = {k}" for k in summary])
-    ax.set(ylabel="exact match on test countries", ylim=(0, 1), title="Capitals: k examples, mean and std over seeds")
+    ax.set(ylabel=ylabel, ylim=(0, 1), title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -1,0 +1,102 @@
+"""Text-to-SQL with k examples: context distillation against gradient descent, per held-out database.
+
+The model is SmolLM2 warmed up on the gold SQL of the training databases (``warmup.yaml``); the
+evaluation databases belong to domains that warm-up never saw. For each evaluation database the
+generator's questions are cut into disjoint parts: the 20 test questions of ``data/eval.jsonl``, a
+pool whose first k are the examples, 10 dev questions (the baseline's sweep) and 80 unlabeled
+questions (their gold SQL is dropped) that the student learns from. For each k:
+
+- **base**: the warmed-up model, no examples; **teacher**: the k examples in context;
+- **student**: ``internalize distill`` with the k examples as demonstrations, trained on the teacher's
+  answers to the unlabeled questions, scored without them;
+- **gradient descent**: hard-label fine-tuning on the same k examples, learning rate x epochs chosen
+  on dev, the best setting rerun and scored on test (``experiments.examples.run.gradient_descent``).
+
+Scores are execution accuracy (result rows equal the gold query's) and exact match. Writes
+``experiments/results/sql_examples.json`` and ``experiments/sql/examples.png``; each database's question
+files go to ``experiments/sql/data/DB/``.
+
+    python -m experiments.sql.run --k 4 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments.examples.run import _jsonl, _run, gradient_descent, plot
+from experiments.sql import task
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = "experiments/sql/examples.yaml"
+N_TEST, N_POOL, N_DEV, N_INPUTS = 20, 8, 10, 80
+CONDITIONS = ("base", "teacher", "student", "gradient_descent")
+log = logging.getLogger("sql")
+
+
+def split(db: str) -> dict[str, list[dict]]:
+    """Disjoint questions on one database: test (= its rows of data/eval.jsonl), example pool, dev, unlabeled inputs."""
+    qs = task.questions(db, N_TEST + N_POOL + N_DEV + N_INPUTS)
+    cut = [N_TEST, N_TEST + N_POOL, N_TEST + N_POOL + N_DEV]
+    inputs = [{k: v for k, v in r.items() if k != "output"} for r in qs[cut[2]:]]
+    return {"test": qs[: cut[0]], "pool": qs[cut[0] : cut[1]], "dev": qs[cut[1] : cut[2]], "inputs": inputs}
+
+
+def exact_match(run_dir: Path, test: list[dict]) -> dict[str, float]:
+    """Exact match of each condition's answers (the run's answers.jsonl) against the gold SQL."""
+    rows = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines()]
+    return {c: statistics.mean(task.exact_match(r, row[c]) for r, row in zip(test, rows, strict=True))
+            for c in ("base", "teacher", "student")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--dbs", nargs="+", default=sorted({json.loads(line)["db"] for line in
+                                                            (ROOT / "experiments/sql/data/eval.jsonl").open()}))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    runs: list[dict[str, Any]] = []
+    for db in args.dbs:
+        where, parts = ROOT / "runs/sql" / db, split(db)
+        files = {name: _jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in parts.items()}
+        for k in args.k:
+            demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in parts["pool"][:k]])
+            t0 = time.perf_counter()
+            m = _run([f"teacher.demonstrations={demos}", f"data.train_file={files['inputs']}",
+                      f"data.eval_file={files['test']}", f"output.dir={where}/distill_k{k}"], CONFIG)
+            distill_s = time.perf_counter() - t0
+            gd = gradient_descent(k, demos, files["dev"], files["test"], where, 0, CONFIG)
+            runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in ("base", "teacher", "student")},
+                         "gradient_descent": gd["test"], "gd_best": gd["best"], "gd_sweep": gd["sweep"],
+                         "exact_match": exact_match(where / f"distill_k{k}", parts["test"])
+                         | {"gradient_descent": exact_match(where / f"gd_k{k}", parts["test"])["student"]},
+                         "distill_s": round(distill_s, 1)})
+            log.info("%s k %d: %s", db, k, {c: runs[-1][c] for c in CONDITIONS})
+            write(runs, args, start)  # after every cell: a stopped run keeps what it measured
+
+
+def write(runs: list[dict[str, Any]], args: argparse.Namespace, start: float) -> None:
+    """The results so far, their summary over databases per k, and the plot."""
+    ks = [k for k in args.k if any(r["k"] == k for r in runs)]
+    summary = {k: {c: {"mean": statistics.mean(r[c] for r in runs if r["k"] == k),
+                       "std": statistics.pstdev(r[c] for r in runs if r["k"] == k),
+                       "exact_match": statistics.mean(r["exact_match"][c] for r in runs if r["k"] == k)}
+                   for c in CONDITIONS} for k in ks}
+    result = {"command": "python -m experiments.sql.run --k " + " ".join(map(str, args.k)), "dbs": args.dbs,
+              "test_per_db": N_TEST, "unlabeled_inputs_per_db": N_INPUTS, "dev_per_db": N_DEV, "runs": runs,
+              "summary": summary, "wall_s": round(time.perf_counter() - start, 1)}
+    (ROOT / "experiments/results/sql_examples.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(summary, ROOT / "experiments/sql/examples.png", "execution accuracy (test)",
+         "Text-to-SQL, held-out databases: mean and spread over databases")
+    log.info("summary %s (%.0f s)", summary, result["wall_s"])
+
+
+if __name__ == "__main__":
+    main()
