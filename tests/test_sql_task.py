@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for the experiments namespace package
 
+from experiments.sql import run  # noqa: E402
 from experiments.sql.task import (  # noqa: E402
     DOMAINS,
     TEMPLATES,
@@ -108,10 +110,6 @@ def test_extract_sql(text: str) -> None:
 
 
 def test_the_examples_experiment_splits_each_eval_database_into_disjoint_parts() -> None:
-    import json
-
-    from experiments.sql import run
-
     root = Path(__file__).resolve().parents[1] / "experiments/sql/data"
     committed = [json.loads(line) for line in (root / "eval.jsonl").read_text().splitlines()]
     for db in sorted({r["db"] for r in committed}):
@@ -127,10 +125,6 @@ def test_the_examples_experiment_splits_each_eval_database_into_disjoint_parts()
 
 
 def test_the_examples_experiment_scores_exact_match_from_a_runs_answers(tmp_path: Path) -> None:
-    import json
-
-    from experiments.sql import run
-
     test = run.split("zoo-5000")["test"][:2]
     answers = [{"input": r["input"], "base": "SELECT 1", "teacher": r["output"].lower() + ";", "student": r["output"]}
                for r in test]

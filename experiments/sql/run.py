@@ -16,7 +16,7 @@ Scores are execution accuracy (result rows equal the gold query's) and exact mat
 ``experiments/results/sql_examples.json`` and ``experiments/sql/examples.png``; each database's question
 files go to ``experiments/sql/data/DB/``.
 
-    python -m experiments.sql.run --k 4 8
+    python -m experiments.sql.run --k 4 8 --dbs zoo-5000 hospital-5001 zoo-5002 hospital-5003
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def write(runs: list[dict[str, Any]], args: argparse.Namespace, start: float) ->
                        "std": statistics.pstdev(r[c] for r in runs if r["k"] == k),
                        "exact_match": statistics.mean(r["exact_match"][c] for r in runs if r["k"] == k)}
                    for c in CONDITIONS} for k in ks}
-    result = {"command": "python -m experiments.sql.run --k " + " ".join(map(str, args.k)), "dbs": args.dbs,
+    result = {"command": f"python -m experiments.sql.run --k {' '.join(map(str, args.k))} --dbs {' '.join(args.dbs)}",
+              "dbs": args.dbs,
               "test_per_db": N_TEST, "unlabeled_inputs_per_db": N_INPUTS, "dev_per_db": N_DEV, "runs": runs,
               "summary": summary, "wall_s": round(time.perf_counter() - start, 1)}
     (ROOT / "experiments/results/sql_examples.json").write_text(json.dumps(result, indent=2) + "\n")
