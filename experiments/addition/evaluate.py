@@ -4,11 +4,14 @@ For each ``NAME=MODEL`` it generates greedily, with no context, the direct answe
 ``--per-length`` problems of each digit length (none of them in any training file) and to
 ``--word`` template word problems, and scores exact match (``task.direct``). With ``--scratchpad
 NAME`` that model is also scored with the scratch-pad request (``task.scratchpad_answer``) on
-``--scratchpad-per-length`` problems per length. Mean generated tokens per answer give the
-inference cost. Writes ``experiments/results/addition.json`` and ``experiments/addition/accuracy.png``.
+``--scratchpad-per-length`` problems per length; ``--fewer NAME=N`` scores a model known to fail on
+only the first N problems of each length. Mean generated tokens per answer give the inference cost.
+Writes ``experiments/results/OUT.json`` and ``experiments/addition/OUT.png`` (``--out``, default addition).
 
-    python -m experiments.addition.evaluate --scratchpad teacher base=smollm2-135m \\
-        teacher=runs/addition_teacher/model student=runs/addition_student/model
+    python -m experiments.addition.evaluate --scratchpad teacher --scratchpad-per-length 100 \\
+        --fewer base=200 teacher=200 base=smollm2-135m teacher=runs/addition_teacher/model \\
+        student=runs/addition_student/model direct_finetune=runs/addition_direct_finetune/model \\
+        multitask=runs/addition_multitask/model
 """
 
 from __future__ import annotations
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--per-length", type=int, default=2000)
     parser.add_argument("--scratchpad-per-length", type=int, default=200)
     parser.add_argument("--word", type=int, default=300)
+    parser.add_argument("--fewer", nargs="*", default=[], metavar="NAME=N",
+                        help="score NAME's direct answers on only the first N problems per length (a model known to fail)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="addition")
@@ -97,17 +102,21 @@ def main() -> None:
     start = time.perf_counter()
     sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed)
     results: dict[str, Any] = {"command": "python -m experiments.addition.evaluate " + " ".join(
-        ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else []) + args.models), "seed": args.seed,
+        ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else [])
+        + [f"--scratchpad-per-length {args.scratchpad_per_length}"] + (["--fewer", *args.fewer] if args.fewer else [])
+        + args.models), "seed": args.seed,
         "digits": task.DIGITS, "models": {}}
+    fewer = {name: int(n) for name, _, n in (spec.partition("=") for spec in args.fewer)}
     for spec in args.models:
         name, _, path = spec.partition("=")
         model, tokenizer = load_model(ModelConfig(name=path))
         res: dict[str, Any] = {"model": path}
         for d in task.DIGITS:
-            res[f"direct_{d}"] = score(model, tokenizer, sets[f"direct_{d}"], task.direct, 16, args.batch_size)
+            res[f"direct_{d}"] = score(model, tokenizer, sets[f"direct_{d}"][: fewer.get(name)], task.direct, 16,
+                                       args.batch_size)
             if name == args.scratchpad:
                 res[f"scratchpad_{d}"] = score(model, tokenizer, sets[f"scratchpad_{d}"], task.scratchpad_answer,
-                                               32 + 16 * (d + 1), args.batch_size)
+                                               task.scratchpad_tokens(d), args.batch_size)
             log.info("%s %d digits: %s", name, d, {k: v["accuracy"] for k, v in res.items() if k.endswith(f"_{d}")})
         res["word"] = score(model, tokenizer, sets["word"], task.direct, 16, args.batch_size)
         log.info("%s word problems: %.3f", name, res["word"]["accuracy"])

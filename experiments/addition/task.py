@@ -26,8 +26,8 @@ from typing import Any
 HERE = Path(__file__).parent
 SCRATCHPAD = "Add the two numbers. Work it out digit by digit in a scratch-pad, then give the answer."
 ANSWER = re.compile(r"Answer: (\d+)")
-DIGITS = [1, 2, 3]  # the lengths this CPU can train on in about half an hour (EXPERIMENTS.md says why)
-N_FINETUNE, N_DISTILL, N_DEV = 2000, 1000, 60
+DIGITS = [1, 2, 3, 4, 5]  # the lengths this session's CPU time covered, baselines included (EXPERIMENTS.md says why)
+N_FINETUNE, N_DISTILL, N_DEV = 2000, 1500, 60
 
 
 def problems(n: int, digits: list[int], seed: int, exclude: set[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
@@ -71,6 +71,12 @@ def scratchpad(a: int, b: int) -> str:
         left, right, done, carry = left[:-1], right[:-1], str(total % 10) + done, total // 10
         lines.append(f"{column} | {left}+{right},{done},C{carry}")
     return "\n".join(lines) + f"\nAnswer: {int(str(carry) + done)}"
+
+
+def scratchpad_tokens(d: int) -> int:
+    """A generation budget for a d-digit scratch-pad: SmolLM2's tokenizer gives 31, 57, 85, 114, 152, 190, 228
+    and 276 tokens at 1 to 8 digits (one token per digit, about 30 per column)."""
+    return 40 + 36 * d
 
 
 def digits_of(record: dict[str, Any]) -> int:
