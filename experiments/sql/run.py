@@ -63,20 +63,22 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
-    for db in args.dbs:
-        where, parts = ROOT / "runs/sql" / db, split(db)
-        files = {name: _jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in parts.items()}
-        for k in args.k:
-            demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in parts["pool"][:k]])
+    parts = {db: split(db) for db in args.dbs}
+    files = {db: {name: _jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in p.items()}
+             for db, p in parts.items()}
+    for k in args.k:  # every database at the first k before the next k: a run stopped early still covers each
+        for db in args.dbs:
+            where = ROOT / "runs/sql" / db
+            demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in parts[db]["pool"][:k]])
             t0 = time.perf_counter()
-            m = _run([f"teacher.demonstrations={demos}", f"data.train_file={files['inputs']}",
-                      f"data.eval_file={files['test']}", f"output.dir={where}/distill_k{k}"], CONFIG)
+            m = _run([f"teacher.demonstrations={demos}", f"data.train_file={files[db]['inputs']}",
+                      f"data.eval_file={files[db]['test']}", f"output.dir={where}/distill_k{k}"], CONFIG)
             distill_s = time.perf_counter() - t0
-            gd = gradient_descent(k, demos, files["dev"], files["test"], where, 0, CONFIG)
+            gd = gradient_descent(k, demos, files[db]["dev"], files[db]["test"], where, 0, CONFIG)
             runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in ("base", "teacher", "student")},
                          "gradient_descent": gd["test"], "gd_best": gd["best"], "gd_sweep": gd["sweep"],
-                         "exact_match": exact_match(where / f"distill_k{k}", parts["test"])
-                         | {"gradient_descent": exact_match(where / f"gd_k{k}", parts["test"])["student"]},
+                         "exact_match": exact_match(where / f"distill_k{k}", parts[db]["test"])
+                         | {"gradient_descent": exact_match(where / f"gd_k{k}", parts[db]["test"])["student"]},
                          "distill_s": round(distill_s, 1)})
             log.info("%s k %d: %s", db, k, {c: runs[-1][c] for c in CONDITIONS})
             write(runs, args, start)  # after every cell: a stopped run keeps what it measured
