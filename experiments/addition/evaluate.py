@@ -9,7 +9,7 @@ only the first N problems of each length. Mean generated tokens per answer give 
 Writes ``experiments/results/OUT.json`` and ``experiments/addition/OUT.png`` (``--out``, default addition).
 
     python -m experiments.addition.evaluate --scratchpad teacher --scratchpad-per-length 100 \\
-        --fewer base=200 teacher=200 base=smollm2-135m teacher=runs/addition_teacher/model \\
+        --fewer base=200 --fewer teacher=200 base=smollm2-135m teacher=runs/addition_teacher/model \\
         student=runs/addition_student/model direct_finetune=runs/addition_direct_finetune/model \\
         multitask=runs/addition_multitask/model
 """
@@ -92,8 +92,9 @@ def main() -> None:
     parser.add_argument("--per-length", type=int, default=2000)
     parser.add_argument("--scratchpad-per-length", type=int, default=200)
     parser.add_argument("--word", type=int, default=300)
-    parser.add_argument("--fewer", nargs="*", default=[], metavar="NAME=N",
-                        help="score NAME's direct answers on only the first N problems per length (a model known to fail)")
+    parser.add_argument("--fewer", action="append", default=[], metavar="NAME=N",
+                        help="score NAME's direct answers on only the first N problems per length (a model known to "
+                             "fail); repeat for several models")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="addition")
@@ -103,7 +104,7 @@ def main() -> None:
     sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed)
     results: dict[str, Any] = {"command": "python -m experiments.addition.evaluate " + " ".join(
         ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else [])
-        + [f"--scratchpad-per-length {args.scratchpad_per_length}"] + (["--fewer", *args.fewer] if args.fewer else [])
+        + [f"--scratchpad-per-length {args.scratchpad_per_length}"] + [f"--fewer {f}" for f in args.fewer]
         + args.models), "seed": args.seed,
         "digits": task.DIGITS, "models": {}}
     fewer = {name: int(n) for name, _, n in (spec.partition("=") for spec in args.fewer)}
