@@ -309,9 +309,9 @@ def test_answer_logits_gradients_through_the_prefix(tiny):
     torch.testing.assert_close(with_prefix, without, atol=1e-5, rtol=1e-6)
     assert cached.keys() == uncached.keys() and cached and all("lora_" in n for n in cached)
     assert all(g.abs().sum() > 0 for g in cached.values())  # the prefix's own LoRA weights get gradients too
-    for name in cached:  # gradients of a few units: float32 sums in another order differ by ~1e-5 of that
-        scale = uncached[name].abs().max().item()
-        torch.testing.assert_close(cached[name], uncached[name], atol=1e-5 * max(scale, 1.0), rtol=1e-4)
+    for name in cached:  # float32 sums in another order (and other CPU kernels) move single entries by ~1e-5
+        error = (cached[name] - uncached[name]).norm() / uncached[name].norm()
+        assert error < 1e-4, (name, error.item())  # the same gradient; a wrong one would be off by O(1)
 
 
 # --- topk_with_tail and _choose --------------------------------------------------------------------------------
