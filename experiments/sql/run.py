@@ -97,7 +97,7 @@ def write(runs: list[dict[str, Any]], args: argparse.Namespace, start: float) ->
               "summary": summary, "wall_s": round(time.perf_counter() - start, 1)}
     (ROOT / "experiments/results/sql_examples.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(summary, ROOT / "experiments/sql/examples.png", "execution accuracy (test)",
-         "Text-to-SQL, held-out databases: mean and spread over databases")
+         "Text-to-SQL: mean and spread over held-out databases")
     log.info("summary %s (%.0f s)", summary, result["wall_s"])
 
 
