@@ -41,7 +41,8 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
     return str(path)
 
 
-def _run(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
+def run_config(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
+    """``distill`` on ``config`` (relative to the repo root) with ``overrides``, replacing an earlier run."""
     return distill(load_config(ROOT / config, [*overrides, "output.overwrite=true"]))
 
 
@@ -66,11 +67,11 @@ def gradient_descent(k: int, demos: str, dev: str, test: str, out: Path, seed: i
             "data.train_file=", "data.synthesize.seeds=[]", "data.synthesize.task=", f"train.seed={seed}"]
     sweep = []
     for lr, epochs in SWEEP:
-        m = _run([*base, f"train.lr={lr}", f"train.epochs={epochs}", f"data.eval_file={dev}", f"output.dir={out}/gd_sweep"],
+        m = run_config([*base, f"train.lr={lr}", f"train.epochs={epochs}", f"data.eval_file={dev}", f"output.dir={out}/gd_sweep"],
                  config)
         sweep.append({"lr": lr, "epochs": epochs, "dev": m["student"]["score"]})
     best = max(sweep, key=lambda s: s["dev"])  # first best: the lower rate and fewer epochs win ties
-    m = _run([*base, f"train.lr={best['lr']}", f"train.epochs={best['epochs']}", f"data.eval_file={test}",
+    m = run_config([*base, f"train.lr={best['lr']}", f"train.epochs={best['epochs']}", f"data.eval_file={test}",
               f"output.dir={out}/gd_k{k}"], config)
     return {"sweep": sweep, "best": best, "test": m["student"]["score"]}
 
@@ -92,7 +93,7 @@ def main() -> None:
         for k in args.k:
             demos = json.dumps(split["pool"][:k])
             t0 = time.perf_counter()
-            m = _run([f"teacher.demonstrations={demos}", f"data.train_file={train}", f"data.eval_file={test}",
+            m = run_config([f"teacher.demonstrations={demos}", f"data.train_file={train}", f"data.eval_file={test}",
                       f"train.seed={seed}", f"output.dir={where}/distill_k{k}"])
             distill_s = time.perf_counter() - t0
             gd = gradient_descent(k, demos, dev, test, where, seed)

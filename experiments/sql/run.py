@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.examples.run import _jsonl, _run, gradient_descent, plot
+from experiments.examples.run import gradient_descent, plot, run_config
 from experiments.sql import task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,7 +51,7 @@ def exact_match(run_dir: Path, test: list[dict]) -> dict[str, float]:
     """Exact match of each condition's answers (the run's answers.jsonl) against the gold SQL."""
     rows = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines()]
     return {c: statistics.mean(task.exact_match(r, row[c]) for r, row in zip(test, rows, strict=True))
-            for c in ("base", "teacher", "student")}
+            for c in CONDITIONS[:3]}
 
 
 def main() -> None:
@@ -64,18 +64,20 @@ def main() -> None:
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     parts = {db: split(db) for db in args.dbs}
-    files = {db: {name: _jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in p.items()}
-             for db, p in parts.items()}
+    files = {db: {name: str(ROOT / "experiments/sql/data" / db / f"{name}.jsonl") for name in p} for db, p in parts.items()}
+    for db, p in parts.items():
+        for name, rows in p.items():
+            task.write_jsonl(files[db][name], rows)
     for k in args.k:  # every database at the first k before the next k: a run stopped early still covers each
         for db in args.dbs:
             where = ROOT / "runs/sql" / db
             demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in parts[db]["pool"][:k]])
             t0 = time.perf_counter()
-            m = _run([f"teacher.demonstrations={demos}", f"data.train_file={files[db]['inputs']}",
+            m = run_config([f"teacher.demonstrations={demos}", f"data.train_file={files[db]['inputs']}",
                       f"data.eval_file={files[db]['test']}", f"output.dir={where}/distill_k{k}"], CONFIG)
             distill_s = time.perf_counter() - t0
             gd = gradient_descent(k, demos, files[db]["dev"], files[db]["test"], where, 0, CONFIG)
-            runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in ("base", "teacher", "student")},
+            runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in CONDITIONS[:3]},
                          "gradient_descent": gd["test"], "gd_best": gd["best"], "gd_sweep": gd["sweep"],
                          "exact_match": exact_match(where / f"distill_k{k}", parts[db]["test"])
                          | {"gradient_descent": exact_match(where / f"gd_k{k}", parts[db]["test"])["student"]},
