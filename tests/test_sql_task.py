@@ -15,12 +15,14 @@ from experiments.sql.task import (  # noqa: E402
     DOMAINS,
     TEMPLATES,
     exact_match,
+    examples_block,
     execute,
     execution_match,
     extract_sql,
     make_split,
     questions,
     schema_text,
+    with_examples,
 )
 
 
@@ -131,3 +133,28 @@ def test_the_examples_experiment_scores_exact_match_from_a_runs_answers(tmp_path
     answers[1]["student"] = "SELECT nothing"
     (tmp_path / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
     assert run.exact_match(tmp_path, test) == {"base": 0.0, "teacher": 1.0, "student": 0.5}
+
+
+def test_warm_up_with_examples_shows_other_questions_of_the_same_database() -> None:
+    plain = make_split(seed=1, n_train_dbs=4, n_eval_dbs=2, questions_per_db=6)
+    mixed = make_split(seed=1, n_train_dbs=4, n_eval_dbs=2, questions_per_db=6, example_pool=8, ks=(2, 4))
+    assert mixed["eval"] == plain["eval"] and len(mixed["train"]) == len(plain["train"]) == 24
+    for i, (bare, shown) in enumerate(zip(plain["train"], mixed["train"], strict=True)):
+        assert shown["output"] == bare["output"] and shown["input"].endswith(bare["input"])
+        if i % 2 == 0:  # every second question stays bare
+            assert shown == bare
+            continue
+        assert shown["k"] in (2, 4) and shown["input"].count("\nSQL: ") == shown["k"]
+        pool = questions(bare["db"], 6 + 8)[6:]
+        shown_questions = [q for q in pool if f"Question: {q['question']}\nSQL: {q['output']}" in shown["input"]]
+        assert len(shown_questions) == shown["k"]  # examples come from the database's pool, never the question itself
+        assert bare["question"] not in [q["question"] for q in shown_questions]
+
+
+def test_a_teacher_with_the_examples_before_the_input_sees_the_warm_up_prompt() -> None:
+    from internalize.config import TeacherConfig
+    from internalize.views import chat_messages
+
+    record, *examples = questions("zoo-7", 4)
+    teacher = TeacherConfig(context=examples_block(examples), position="before_input")
+    assert chat_messages(record["input"], teacher) == [{"role": "user", "content": with_examples(record, examples)["input"]}]

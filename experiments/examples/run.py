@@ -64,7 +64,7 @@ def gradient_descent(k: int, demos: str, dev: str, test: str, out: Path, seed: i
                      config: str = CONFIG) -> dict[str, Any]:
     """Hard-label fine-tuning on the k examples (``demos``, JSON): the sweep on dev, then the best setting on test."""
     base = [f"data.inputs={demos}", "data.num_eval=0", "train.targets=data", "train.loss=ce", "teacher.demonstrations=[]",
-            "data.train_file=", "data.synthesize.seeds=[]", "data.synthesize.task=", f"train.seed={seed}"]
+            "teacher.context=", "data.train_file=", "data.synthesize.seeds=[]", "data.synthesize.task=", f"train.seed={seed}"]
     sweep = []
     for lr, epochs in SWEEP:
         m = run_config([*base, f"train.lr={lr}", f"train.epochs={epochs}", f"data.eval_file={dev}", f"output.dir={out}/gd_sweep"],

@@ -6,9 +6,10 @@ generator's questions are cut into disjoint parts: the 20 test questions of ``da
 pool whose first k are the examples, 10 dev questions (the baseline's sweep) and 80 unlabeled
 questions (their gold SQL is dropped) that the student learns from. For each k:
 
-- **base**: the warmed-up model, no examples; **teacher**: the k examples in context;
-- **student**: ``internalize distill`` with the k examples as demonstrations, trained on the teacher's
-  answers to the unlabeled questions, scored without them;
+- **base**: the warmed-up model, no examples; **teacher**: the k examples in context, as one block of
+  question -> SQL pairs before the input (``task.examples_block``, the form ``warmup_examples.yaml`` trains on);
+- **student**: ``internalize distill`` with that context, trained on the teacher's answers to the unlabeled
+  questions, scored without it;
 - **gradient descent**: hard-label fine-tuning on the same k examples, learning rate x epochs chosen
   on dev, the best setting rerun and scored on test (``experiments.examples.run.gradient_descent``).
 
@@ -71,11 +72,12 @@ def main() -> None:
     for k in args.k:  # every database at the first k before the next k: a run stopped early still covers each
         for db in args.dbs:
             where = ROOT / "runs/sql" / db
-            demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in parts[db]["pool"][:k]])
+            examples = parts[db]["pool"][:k]
             t0 = time.perf_counter()
-            m = run_config([f"teacher.demonstrations={demos}", f"data.train_file={files[db]['inputs']}",
+            m = run_config([f"teacher.context={task.examples_block(examples)}", f"data.train_file={files[db]['inputs']}",
                       f"data.eval_file={files[db]['test']}", f"output.dir={where}/distill_k{k}"], CONFIG)
             distill_s = time.perf_counter() - t0
+            demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in examples])
             gd = gradient_descent(k, demos, files[db]["dev"], files[db]["test"], where, 0, CONFIG)
             runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in CONDITIONS[:3]},
                          "gradient_descent": gd["test"], "gd_best": gd["best"], "gd_sweep": gd["sweep"],

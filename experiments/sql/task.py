@@ -308,6 +308,18 @@ def prompt(db: str, question: str) -> str:
     return f"{INSTRUCTION}\n\n{schema_text(db)}\n\nQuestion: {question}"
 
 
+def examples_block(examples: list[dict]) -> str:
+    """k examples of one database as question -> SQL pairs (instruction and schema are not repeated)."""
+    pairs = "\n\n".join(f"Question: {r['question']}\nSQL: {r['output']}" for r in examples)
+    return f"Examples of questions on this database and their SQL:\n\n{pairs}"
+
+
+def with_examples(record: dict, examples: list[dict]) -> dict:
+    """``record`` with ``examples`` before its prompt, exactly as a teacher with ``teacher.context`` =
+    ``examples_block(examples)`` and ``teacher.position=before_input`` shows them."""
+    return record | {"input": f"{examples_block(examples)}\n\n{record['input']}", "k": len(examples)}
+
+
 def questions(db: str, n: int) -> list[dict]:
     """``n`` distinct questions on a database, cycling through the templates; every gold result is non-trivial."""
     d, parents, children = _tables(db)
@@ -331,16 +343,27 @@ def questions(db: str, n: int) -> list[dict]:
 
 
 def make_split(seed: int, n_train_dbs: int, n_eval_dbs: int, questions_per_db: int,
-               eval_domains: Iterable[str] = ("zoo", "hospital"), eval_questions_per_db: int | None = None) -> dict:
+               eval_domains: Iterable[str] = ("zoo", "hospital"), eval_questions_per_db: int | None = None,
+               example_pool: int = 0, ks: tuple[int, ...] = (2, 4, 6, 8)) -> dict:
     """Train and eval records on disjoint databases: eval uses the held-out ``eval_domains`` (all domains when empty)
-    and seeds that training never uses. Returns {"train": [...], "eval": [...], "train_dbs": [...], "eval_dbs": [...]}."""
+    and seeds that training never uses. Returns {"train": [...], "eval": [...], "train_dbs": [...], "eval_dbs": [...]}.
+
+    ``example_pool > 0`` makes the warm-up teach the use of in-context examples too: each training database
+    gets that many more questions as its example pool, and every second training question is shown with k
+    (drawn from ``ks``) of them before it (``with_examples``); the others stay bare."""
     held = [d for d in DOMAINS if d in set(eval_domains)] or list(DOMAINS)
     train_domains = [d for d in DOMAINS if d not in set(eval_domains)]
     assert train_domains and max(n_train_dbs, n_eval_dbs) < 5000, "need a training domain and fewer than 5000 dbs"
     train_dbs = [f"{train_domains[i % len(train_domains)]}-{seed * 10_000 + i}" for i in range(n_train_dbs)]
     eval_dbs = [f"{held[i % len(held)]}-{seed * 10_000 + 5_000 + i}" for i in range(n_eval_dbs)]
     n_eval = questions_per_db if eval_questions_per_db is None else eval_questions_per_db
-    return {"train": [r for db in train_dbs for r in questions(db, questions_per_db)],
+    rng, train = random.Random(f"examples:{seed}"), []
+    for db in train_dbs:
+        qs = questions(db, questions_per_db + example_pool)
+        pool = qs[questions_per_db:]
+        train += [with_examples(r, rng.sample(pool, rng.choice(ks))) if example_pool and i % 2 else r
+                  for i, r in enumerate(qs[:questions_per_db])]
+    return {"train": train,
             "eval": [r for db in eval_dbs for r in questions(db, n_eval)], "train_dbs": train_dbs, "eval_dbs": eval_dbs}
 
 
@@ -378,6 +401,9 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 def main() -> None:
     split = make_split(seed=0, n_train_dbs=30, n_eval_dbs=4, questions_per_db=10, eval_questions_per_db=20)
     here = Path(__file__).parent / "data"
+    # the same questions, every second one with 2-8 examples of its database before it (warmup_examples.yaml)
+    write_jsonl(here / "train_examples.jsonl", make_split(seed=0, n_train_dbs=30, n_eval_dbs=0, questions_per_db=10,
+                                                          example_pool=8)["train"])
     for name in ("train", "eval"):
         write_jsonl(here / f"{name}.jsonl", split[name])
         domains = sorted({r["domain"] for r in split[name]})

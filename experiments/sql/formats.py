@@ -1,0 +1,82 @@
+"""Text-to-SQL: how the k examples are shown to the teacher, measured before anything is distilled.
+
+The first four-way run showed the examples as whole chat turns (instruction, schema and question,
+then the SQL), and the warmed-up teacher scored *below* the model without them. This probe scores
+the teacher alone, greedy, on each held-out database's dev and test questions (30 per database),
+under each way of showing the same k examples:
+
+- ``turns``: one user/assistant turn per example, each repeating instruction and schema;
+- ``before_input``: one block "Examples on this database:" with only question -> SQL pairs, in the
+  same user message before the input (instruction and schema appear once);
+- ``system``: that block as the system message.
+
+Writes ``experiments/results/sql_formats_<warm-up run>.json``.
+
+    python -m experiments.sql.formats --k 4 8 --model runs/sql_warmup/model
+    python -m experiments.sql.formats --k 4 8 --model runs/sql_warmup_examples/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from experiments.sql import task
+from experiments.sql.run import ROOT, split
+from internalize.config import ModelConfig, TeacherConfig
+from internalize.models import load_model
+from internalize.teacher import teach
+
+FORMATS = ("none", "turns", "before_input", "system")
+log = logging.getLogger("sql.formats")
+
+
+def teacher_config(form: str, examples: list[dict]) -> TeacherConfig:
+    """A greedy, uncached teacher that shows ``examples`` as ``form`` says ("none": no examples)."""
+    common = {"max_new_tokens": 64, "cache_dir": "", "top_k": 1}
+    if form == "turns":
+        return TeacherConfig(demonstrations=[{"input": r["input"], "output": r["output"]} for r in examples], **common)
+    if form in ("before_input", "system"):
+        return TeacherConfig(context=task.examples_block(examples), position=form, **common)
+    return TeacherConfig(**common)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--dbs", nargs="+", default=["zoo-5000", "hospital-5001", "zoo-5002", "hospital-5003"])
+    parser.add_argument("--model", default="runs/sql_warmup_examples/model", help="a warmed-up model (run directory/model)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start = time.perf_counter()
+    model, tok = load_model(ModelConfig(name=str(ROOT / args.model)))
+    scores: dict[str, dict[str, float]] = {}
+    for db in args.dbs:
+        parts = split(db)
+        held = parts["dev"] + parts["test"]
+        for k in args.k:
+            for form in FORMATS:
+                if form == "none" and k != args.k[0]:
+                    continue
+                targets = teach(model, tok, held, teacher_config(form, parts["pool"][:k]), desc=f"{db} {form} k{k}",
+                                with_context=form != "none")
+                acc = statistics.mean(task.execution_match(r, a or "") for r, a in zip(held, targets.all_answers,
+                                                                                      strict=True))
+                name = "none" if form == "none" else f"{form}_k{k}"
+                scores.setdefault(name, {})[db] = acc
+                log.info("%s %s: %.3f", db, name, acc)
+    result = {"command": f"python -m experiments.sql.formats --k {' '.join(map(str, args.k))} --model {args.model}",
+              "model": args.model, "questions_per_db": 30, "execution_accuracy": scores,
+              "mean": {name: statistics.mean(v.values()) for name, v in scores.items()},
+              "wall_s": round(time.perf_counter() - start, 1)}
+    out = ROOT / f"experiments/results/sql_formats_{Path(args.model).parent.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    log.info("mean %s", result["mean"])
+
+
+if __name__ == "__main__":
+    main()
