@@ -322,3 +322,14 @@ def test_split_demonstrations_and_combine_are_validated():
         config_from_dict({"teacher": {"context": "c", "combine": "mean"}})
     with pytest.raises(InternalizeError, match=r"teacher\.demonstrations_per_context=-1"):
         config_from_dict({"teacher": {"context": "c", "demonstrations_per_context": -1}})
+
+
+@pytest.mark.parametrize("template, why", [("Q: {question}", "question"), ("no fields", "no field"),
+                                          ("Q: {input", "braces doubled")])
+def test_demonstration_template_names_only_input_and_output(template, why):
+    with pytest.raises(InternalizeError, match=rf"teacher\.demonstration_template=.*{why}"):
+        config_from_dict({"teacher": {"demonstrations": [{"input": "a", "output": "b"}],
+                                      "demonstration_template": template}})
+    ok = config_from_dict({"teacher": {"demonstrations": [{"input": "a", "output": "b"}],
+                                       "demonstration_template": "{input} -> {output} {{x}}"}})
+    assert ok.teacher.demonstration_template == "{input} -> {output} {{x}}"

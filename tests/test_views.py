@@ -58,6 +58,24 @@ def test_chat_messages_demonstrations_only():
     ]
 
 
+@pytest.mark.parametrize("position", ["system", "before_input", "after_input"])
+def test_demonstration_template_shows_the_demonstrations_as_text_in_the_context(position):
+    teacher = TeacherConfig(context="Examples:", position=position, demonstrations=DEMOS,
+                            demonstration_template="Q: {input}\nA: {output}")
+    block = "Examples:\n\nQ: 2+2?\nA: 4\n\nQ: 3+3?\nA: 6"
+    expected = {"system": [{"role": "system", "content": block}, {"role": "user", "content": "5+5?"}],
+                "before_input": [{"role": "user", "content": f"{block}\n\n5+5?"}],
+                "after_input": [{"role": "user", "content": f"5+5?\n\n{block}"}]}[position]
+    assert chat_messages("5+5?", teacher) == expected  # no demonstration turns
+    no_context = TeacherConfig(position="before_input", demonstrations=DEMOS, demonstration_template="{input} = {output}")
+    assert chat_messages("5+5?", no_context) == [{"role": "user", "content": "2+2? = 4\n\n3+3? = 6\n\n5+5?"}]
+
+
+def test_demonstration_template_splits_into_contexts_like_turns():
+    teacher = TeacherConfig(demonstrations=DEMOS, demonstrations_per_context=1, demonstration_template="{input} {output}")
+    assert [chat_messages("x", c)[0]["content"] for c in teacher.split()] == ["2+2? 4", "3+3? 6"]
+
+
 def test_prompt_ids_render_the_chat_template(tiny):
     _, tok = tiny
     ids = prompt_ids(tok, "Hi!")

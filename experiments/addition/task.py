@@ -17,11 +17,12 @@ writes its column's sum out ("9 + 7 + 0 = 16"), in the spaced form the model alr
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 from typing import Any
+
+from internalize.data import write_jsonl
 
 HERE = Path(__file__).parent
 SCRATCHPAD = "Add the two numbers. Work it out digit by digit in a scratch-pad, then give the answer."
@@ -124,11 +125,6 @@ def word_problems(n: int, digits: list[int], seed: int) -> list[dict[str, Any]]:
         text = rng.choice(WORD_TEMPLATES).format(name=rng.choice(NAMES), a=a, b=b)
         out.append({"input": f"{text} Reply with the number only.", "a": a, "b": b, "output": str(a + b)})
     return out
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def make_data(digits: list[int], n_finetune: int, n_distill: int, n_dev: int, seed: int = 0) -> dict[str, list[dict]]:

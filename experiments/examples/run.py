@@ -27,18 +27,13 @@ from typing import Any
 
 from experiments.examples import capitals
 from internalize import distill, load_config
+from internalize.data import write_jsonl
 from internalize.pipeline import synthesize_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "experiments/examples/capitals.yaml"
 SWEEP = [(lr, epochs) for lr in (3e-4, 1e-3, 3e-3) for epochs in (5, 20)]
 log = logging.getLogger("examples")
-
-
-def _jsonl(path: Path, rows: list[dict[str, Any]]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def run_config(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
@@ -57,7 +52,7 @@ def synthesized_inputs(seed: int, split: dict[str, list[dict]], where: Path) -> 
     rows = [json.loads(line) for line in raw.read_text().splitlines()]
     kept = [r for r in rows if r["input"].strip().lower() not in held_out]
     log.info("seed %d: %d synthesized names, %d kept (dev/test names removed)", seed, len(rows), len(kept))
-    return _jsonl(where / "train.jsonl", kept)
+    return write_jsonl(where / "train.jsonl", kept)
 
 
 def gradient_descent(k: int, demos: str, dev: str, test: str, out: Path, seed: int,
@@ -88,7 +83,7 @@ def main() -> None:
         where = ROOT / "runs/examples" / f"seed{seed}"
         split = capitals.split(seed)
         data = ROOT / "experiments/examples/data" / f"seed{seed}"
-        dev, test = _jsonl(data / "dev.jsonl", split["dev"]), _jsonl(data / "test.jsonl", split["test"])
+        dev, test = write_jsonl(data / "dev.jsonl", split["dev"]), write_jsonl(data / "test.jsonl", split["test"])
         train = synthesized_inputs(seed, split, where)
         for k in args.k:
             demos = json.dumps(split["pool"][:k])

@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from internalize.data import write_jsonl
 
 THINGS = ["movie", "restaurant", "book", "hotel", "phone", "concert", "laptop", "museum", "coffee", "game",
           "jacket", "train ride", "bakery", "album", "class", "park"]
@@ -38,9 +39,8 @@ def sentences(seed: int, n: int) -> list[dict[str, str]]:
 def main() -> None:
     every = sentences(0, 120)
     here = Path(__file__).parent / "data"
-    here.mkdir(exist_ok=True)
     for name, rows in (("sentiment_train", every[:90]), ("sentiment_eval", every[90:])):
-        (here / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        write_jsonl(here / f"{name}.jsonl", rows)
 
 
 if __name__ == "__main__":

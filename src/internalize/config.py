@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import string
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,6 +149,10 @@ class TeacherConfig(_Section):
         "Demonstration turns after the context: a list of {input, output} records.", default_factory=list
     )
     position: str = _help("Where the context goes: system, before_input or after_input.", default="system")
+    demonstration_template: str = _help(
+        "Show the demonstrations as text in the context instead of chat turns: each formatted by this template "
+        "(fields {input} and {output}, e.g. 'Q: {input}\\nA: {output}'), blank lines between them, after "
+        "teacher.context, at teacher.position ('' = one user/assistant turn each).", default="")
     demonstrations_per_context: int = _help(
         "Split the demonstrations into contexts of this many each (0 = all in one context): more examples than "
         "one context window holds, combined as teacher.combine says.", default=0)
@@ -200,6 +205,14 @@ class TeacherConfig(_Section):
         self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._check_demonstrations(self.demonstrations, "teacher.demonstrations")
+        if self.demonstration_template:
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(self.demonstration_template) if f is not None}
+            except ValueError as err:
+                raise InternalizeError(f"teacher.demonstration_template={self.demonstration_template!r} is invalid: "
+                                       f"{err}; write fields as {{input}} and {{output}}, braces doubled") from None
+            self._require(bool(fields) and fields <= {"input", "output"}, "demonstration_template",
+                          f"uses {sorted(fields) or 'no field'}; use only {{input}} and {{output}}")
         names = set()
         for i, entry in enumerate(self.contexts):
             key = f"teacher.contexts[{i}]"

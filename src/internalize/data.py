@@ -3,12 +3,16 @@
 Each record is a dict with an ``"input"`` string; extra fields are kept for scorers.
 
     train, held_out = load_inputs(cfg.data)
+    write_jsonl("inputs.jsonl", [{"input": "..."}])
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,22 @@ def read_jsonl(path: str | Path, key: str) -> list[Record]:
             ) from None
         records.append(_check(record, f"{path}:{number}"))
     return records
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` (parents created) through a temporary file: a reader never sees half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: str | Path, records: Iterable[Record]) -> str:
+    """Write one JSON object per line (``write_atomic``); returns the path as a string, for a config."""
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return str(path)
 
 
 def _check(record: Any, where: str) -> Record:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config, TeacherConfig
-from .data import Record
+from .data import Record, write_jsonl
 from .evaluation import CONDITIONS, ConditionResult
 
 COLORS = {"base": "#9e9e9e", "teacher": "#1f77b4", "student": "#ff7f0e"}
@@ -97,7 +97,8 @@ def _plot_behaviours(metrics: dict[str, dict[str, dict[str, float]]], path: Path
 
 def _context_lines(teacher: TeacherConfig) -> list[str]:
     text = teacher.context.strip() or ("(demonstrations only)" if teacher.demonstrations else "(none)")
-    turns = f"{len(teacher.demonstrations)} demonstration turn(s)"
+    turns = f"{len(teacher.demonstrations)} demonstration" + (
+        "(s) as text in the context" if teacher.demonstration_template else " turn(s)")
     if len(teacher.split()) > 1:
         how = "averaged token by token" if teacher.combine == "average" else "input i taught by context i mod n"
         turns += f" in {len(teacher.split())} contexts of up to {teacher.demonstrations_per_context} ({how})"
@@ -139,11 +140,9 @@ def _chain(origin: dict[str, Any] | None) -> list[str]:
 
 def _write_answers(path: Path, results: dict[str, dict[str, ConditionResult]], held_out: dict[str, list[Record]]) -> None:
     """Every held-out input with the final answer of each condition, one JSON object per line."""
-    with path.open("w") as f:
-        for name, r in results.items():
-            for i, record in enumerate(held_out[name]):
-                row = {"behaviour": name} if len(results) > 1 else {}
-                f.write(json.dumps({**row, "input": record["input"], **{c: r[c].outputs[i] for c in CONDITIONS}}) + "\n")
+    write_jsonl(path, [{**({"behaviour": name} if len(results) > 1 else {}), "input": record["input"],
+                        **{c: r[c].outputs[i] for c in CONDITIONS}}
+                       for name, r in results.items() for i, record in enumerate(held_out[name])])
 
 
 def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], history: list[dict[str, float]],

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import re
 import tempfile
@@ -32,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import InternalizeError, SynthesizeConfig, import_callable
-from .data import Record
+from .data import Record, write_atomic, write_jsonl
 from .decoding import generate
 from .models import inference_mode
 
@@ -167,13 +166,6 @@ def check_synthesis(cfg: SynthesizeConfig, output: Path) -> Callable[[str], bool
     return validator
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: SynthesizeConfig, output: str | Path,
                model_name: str = "") -> tuple[list[Record], dict[str, Any]]:
     """Generate ``cfg.count`` filtered inputs; write JSONL + provenance; return (records, summary)."""
@@ -221,7 +213,7 @@ def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: 
         "settings": asdict(cfg), "summary": summary,
     }
     records = [{"input": text} for text in kept]
-    _write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    _write_atomic(output.with_suffix(".provenance.json"), json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
+    write_jsonl(output, records)
+    write_atomic(output.with_suffix(".provenance.json"), json.dumps(provenance, indent=2, ensure_ascii=False) + "\n")
     log.info("synthesized %d inputs into %s: %s", len(kept), output, summary)
     return records, summary

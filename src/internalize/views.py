@@ -33,11 +33,14 @@ def chat_messages(text: str, teacher: TeacherConfig | None = None) -> list[dict[
     """Chat turns for an input; with ``teacher`` the context is placed as configured."""
     if teacher is None:
         return [{"role": "user", "content": text}]
-    context = teacher.context.strip()
+    context, demos = teacher.context.strip(), teacher.demonstrations
+    if teacher.demonstration_template:  # the demonstrations as text after the context, not as turns
+        shown = [teacher.demonstration_template.format(**demo) for demo in demos]
+        context, demos = "\n\n".join([context, *shown] if context else shown), []
     messages = []
     if context and teacher.position == "system":
         messages.append({"role": "system", "content": context})
-    for demo in teacher.demonstrations:
+    for demo in demos:
         messages += [{"role": "user", "content": demo["input"]}, {"role": "assistant", "content": demo["output"]}]
     if context and teacher.position == "before_input":
         text = f"{context}\n\n{text}"
