@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -274,6 +275,24 @@ def test_save_artifact_adapter(tiny, tiny_model_dir, tmp_path):
     # folded into plain weights, so it can be the start of a further distillation
     assert not getattr(reloaded, "peft_config", None)
     assert not any("lora" in name for name, _ in reloaded.named_parameters())
+
+
+def test_an_adapter_on_top_of_an_adapter_artifact_is_saved_merged(tiny, tiny_model_dir, tmp_path, caplog):
+    model, tok = tiny
+    first = make_student(model, LORA)
+    perturb_lora(first, 0.5)
+    save_artifact(first, tok, tmp_path / "first", "adapter", str(tiny_model_dir))
+    start, start_tok = load_model(ModelConfig(name=str(tmp_path / "first"), device="cpu"))
+    assert start.name_or_path == str(tmp_path / "first")  # the run's origin is the artifact, not the adapter's base
+    second = make_student(start, LORA)
+    perturb_lora(second, 0.3)
+    expected = _logits(second, start_tok)
+    with caplog.at_level(logging.WARNING, logger="internalize.models"):
+        save_artifact(second, start_tok, tmp_path / "second", "adapter", start.name_or_path)
+    assert "saving the merged model" in caplog.text
+    assert not (tmp_path / "second" / "adapter_config.json").exists()  # the first adapter would be lost on loading
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "second")
+    torch.testing.assert_close(_logits(reloaded, start_tok), expected, **MERGED)
 
 
 def test_save_artifact_full_finetune(tiny, tmp_path):

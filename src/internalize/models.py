@@ -110,6 +110,7 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(directory, **kwargs).merge_and_unload()
+        model.name_or_path = str(directory)  # what this run starts from (its chain), not the adapter's own base
     else:
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     if tokenizer.pad_token_id is None:
@@ -175,8 +176,14 @@ def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
                   base_dir: str) -> PreTrainedModel:
     """Write a ``from_pretrained``-loadable model (LoRA merged, or adapter only) plus tokenizer.
 
+    An adapter trained on top of an adapter-only artifact is saved merged: its base exists only as
+    that artifact folded into its own base, which no loader rebuilds from a path.
     Returns the saved model (the merged one when merging)."""
     out.mkdir(parents=True, exist_ok=True)
+    if mode == "adapter" and (Path(base_dir) / "adapter_config.json").is_file():
+        log.warning("output.save=adapter: the run started from the adapter-only artifact %s, so the new adapter "
+                    "has no plain base to name; saving the merged model to %s instead", base_dir, out)
+        mode = "merged"
     if hasattr(model, "merge_and_unload"):
         if mode == "merged":
             model = model.merge_and_unload()
