@@ -329,6 +329,13 @@ def test_topk_with_tail():
     torch.testing.assert_close(kept.logsumexp(-1), torch.zeros(2), atol=1e-6, rtol=0)  # top-k plus tail sum to 1
 
 
+def test_topk_tail_of_a_peaked_distribution_is_exact():
+    logits = torch.tensor([[30.0, 0.0, 0.0, 0.0], [30.0, 10.0, 0.0, 0.0]], dtype=torch.float64)
+    kept, _ = topk_with_tail(torch.log_softmax(logits.float(), dim=-1), 1)
+    exact = torch.log_softmax(logits, dim=-1)[:, 1:].logsumexp(-1)  # 3e-13 and 2e-9: below fp32's 1 - sum
+    torch.testing.assert_close(kept[:, 1].double(), exact, atol=1e-4, rtol=0)
+
+
 def test_choose_greedy_is_argmax():
     logp = torch.log_softmax(torch.randn(5, 11, generator=torch.Generator().manual_seed(0)), dim=-1)
     assert torch.equal(_choose(logp, False, 1.0, 1.0), logp.argmax(-1))

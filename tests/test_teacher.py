@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
@@ -10,7 +12,7 @@ from internalize import teacher
 from internalize.config import InternalizeError, TeacherConfig
 from internalize.decoding import Generation
 from internalize.decoding import topk_with_tail as _topk_with_tail
-from internalize.teacher import TeacherTargets, extract_answer, given_answers, teach
+from internalize.teacher import TeacherTargets, _score, extract_answer, given_answers, teach
 from internalize.views import View, answer_ids, prompt_ids
 
 # --- extract_answer ----------------------------------------------------------------------------
@@ -172,6 +174,53 @@ def test_teach_delimiter_keeps_scratch_pad_in_teacher_view(tiny):
         expected, expected_ids = _topk_with_tail(full[P - 1 : P - 1 + A], 4)
         torch.testing.assert_close(logp, expected, atol=1e-5, rtol=1e-5)
         assert torch.equal(ids, expected_ids)
+
+
+def _spy_on_score(monkeypatch) -> list[int]:
+    """Record how many views each call of teacher._score scores."""
+    calls: list[int] = []
+
+    def spy(model, tok, views, *args, **kwargs):
+        calls.append(len(views))
+        return _score(model, tok, views, *args, **kwargs)
+
+    monkeypatch.setattr(teacher, "_score", spy)
+    return calls
+
+
+def _assert_scored_afresh(model, tok, targets) -> None:
+    """Each kept answer's targets equal a fresh forward pass over its teacher view."""
+    for (logp, ids), got, got_ids in zip(_score(model, tok, targets.teacher_views, 4, 2, "check"), targets.logp,
+                                         targets.ids, strict=True):
+        torch.testing.assert_close(got, logp, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got_ids, ids)
+
+
+def test_an_extracted_answer_as_generated_keeps_the_generations_distributions(tiny, monkeypatch, caplog):
+    model, tok = tiny
+    cfg = TeacherConfig(context="Think first.", max_new_tokens=8, extractor="delimiter", extract_pattern="ok",
+                        top_k=4, batch_size=2)
+    calls = _spy_on_score(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="internalize.teacher"):
+        targets = teach(model, tok, [{"input": x} for x in TINY_INPUTS[:3]], cfg)
+    assert calls == [] and "3 of 3 answers took their distributions from the generation, 0 were" in caplog.text
+    _assert_scored_afresh(model, tok, targets)
+
+
+def test_an_answer_tokenized_unlike_its_generation_is_scored_again(tiny, monkeypatch):
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:2]]
+    # the teacher wrote " ok:yes"; its text is stripped, so the scratch-pad "ok:" re-tokenizes one token short
+    written = tuple(tok(" ok:yes", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
+    assert written != tuple(tok("ok:", add_special_tokens=False).input_ids) + answer_ids(tok, "yes")
+    noise = torch.zeros(len(written), 5)  # distributions one position off: must not be used
+    monkeypatch.setattr(teacher, "generate", lambda *a, **k: [[Generation("ok:yes", True, written, noise, noise[:, :4])]
+                                                              for _ in records])
+    calls = _spy_on_score(monkeypatch)
+    targets = teach(model, tok, records, TeacherConfig(context="Think first.", extractor="delimiter",
+                                                       extract_pattern=":", top_k=4))
+    assert calls == [2]
+    _assert_scored_afresh(model, tok, targets)
 
 
 def test_teach_counts_answers_that_cannot_be_extracted(tiny):

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: the space before an extracted answer belongs to the answer
+FORMAT = 3  # 2: the space before an extracted answer belongs to the answer; 3: the tail mass summed directly
 SAMPLES_PER_SHARD = 4096
 
 

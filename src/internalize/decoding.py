@@ -173,7 +173,9 @@ def topk_with_tail(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     if not k or k >= logp.shape[-1]:
         return logp, None
     values, ids = logp.topk(k, dim=-1)
-    tail = torch.log1p(-values.exp().sum(-1, keepdim=True).clamp(max=1.0 - 1e-7))
+    # the rest's mass summed directly, as losses.to_classes does for the student: 1 - sum(top-k) would lose
+    # a peaked distribution's tail (1e-9, say) to rounding
+    tail = logp.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
     return torch.cat([values, tail], dim=-1), ids
 
 

@@ -5,10 +5,11 @@ The teacher is the model conditioned on context + input, run in ``eval()`` under
 continuations; a configured extractor pulls the final answer out of a scratch-pad (generations
 whose answer cannot be extracted, or that never finished, are dropped and counted). The
 distributions over the answer tokens are kept per token as the top-k log-probs plus the tail mass
-(or the full vocabulary when ``top_k=0``). Without an extractor they are recorded while
-generating (the answer is the generation); with one, the extracted answer is scored once more,
-conditioned on context + input + scratch-pad. The shared context is computed once
-(``decoding.Prefix``), and the targets are cached on disk (``cache``) for later runs.
+(or the full vocabulary when ``top_k=0``), as recorded while generating. With an extractor, that
+holds when the scratch-pad and the extracted answer, tokenized apart (as the views are built), are
+the generated tokens; any other answer is scored once more, conditioned on context + input +
+scratch-pad. The shared context is computed once (``decoding.Prefix``), and the targets are cached
+on disk (``cache``) for later runs.
 
 Demonstrations split over several contexts (``teacher.demonstrations_per_context``) teach either
 as one averaged teacher (its next-token distribution is the mean of the contexts', while
@@ -152,7 +153,8 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
             return cached
     targets = TeacherTargets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
-    rescore: list[View] = []  # kept samples' answers after their scratch-pads, under each averaged context
+    rescore: list[View] = []  # kept answers whose tokens differ from the generation's, under each averaged context
+    pending: list[int] = []  # their places in targets.logp
     with teacher_mode(model), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
@@ -183,16 +185,30 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
                     body = scratch.rstrip(" ")
                     scratch_tok = tuple(tokenizer(body, add_special_tokens=False).input_ids) if body else ()
                     view = View(prompt + scratch_tok, answer_ids(tokenizer, scratch[len(body):] + answer))
-                    rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
+                    if gen.logp is not None and gen.ids == scratch_tok + view.answer_ids:  # as generated: reuse
+                        targets.logp.append(gen.logp[len(scratch_tok):])
+                        if targets.ids is not None:
+                            targets.ids.append(gen.top[len(scratch_tok):])
+                    else:  # re-tokenized differently (or cut before the end): score the answer as the student sees it
+                        pending.append(len(targets.logp))
+                        targets.logp.append(None)
+                        if targets.ids is not None:
+                            targets.ids.append(None)
+                        rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
                 targets.keep(record, i, gen.text, answer, view, student_prompts[i])
         targets.dropped = dict(dropped)
         if dropped:
             log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
                         sum(map(len, samples)), dict(dropped))
         if rescore:
-            scored = _score(model, tokenizer, rescore, top_k, cfg.batch_size, desc, group)
-            targets.logp = [logp for logp, _ in scored]
-            targets.ids = None if not top_k else [ids for _, ids in scored]
+            for at, (logp, ids) in zip(pending, _score(model, tokenizer, rescore, top_k, cfg.batch_size, desc, group),
+                                       strict=True):
+                targets.logp[at] = logp
+                if targets.ids is not None:
+                    targets.ids[at] = ids
+        if cfg.extractor != "none":
+            log.info("%s: %d of %d answers took their distributions from the generation, %d were scored again", desc,
+                     len(targets) - len(pending), len(targets), len(pending))
     if where is not None:
         cache.save(where, key, targets)
     return targets
