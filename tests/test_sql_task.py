@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 from experiments.sql import run  # noqa: E402
 from experiments.sql.task import (  # noqa: E402
     DOMAINS,
+    EXAMPLE_TEMPLATE,
+    EXAMPLES_HEADER,
     TEMPLATES,
+    demonstrations,
     exact_match,
     examples_block,
     execute,
@@ -118,7 +122,8 @@ def test_the_examples_experiment_splits_each_eval_database_into_disjoint_parts()
         parts = run.split(db)
         assert parts["test"] == [r for r in committed if r["db"] == db]  # the warm-up's eval file, unchanged
         sizes = {name: len(rows) for name, rows in parts.items()}
-        assert sizes == {"test": run.N_TEST, "pool": run.N_POOL, "dev": run.N_DEV, "inputs": run.N_INPUTS}
+        assert sizes == {"test": run.N_TEST, "pool": run.N_POOL, "dev": run.N_DEV, "inputs": run.N_INPUTS,
+                         "extra_test": run.N_EXTRA}
         questions_ = [{r["question"] for r in rows} for rows in parts.values()]
         assert sum(map(len, questions_)) == len(set().union(*questions_))  # no question in two parts
         assert all("output" not in r for r in parts["inputs"])  # the student's inputs carry no gold SQL
@@ -155,6 +160,12 @@ def test_a_teacher_with_the_examples_before_the_input_sees_the_warm_up_prompt() 
     from internalize.config import TeacherConfig
     from internalize.views import chat_messages
 
-    record, *examples = questions("zoo-7", 4)
-    teacher = TeacherConfig(context=examples_block(examples), position="before_input")
-    assert chat_messages(record["input"], teacher) == [{"role": "user", "content": with_examples(record, examples)["input"]}]
+    record, *examples = questions("zoo-7", 5)
+    shown = [{"role": "user", "content": with_examples(record, examples)["input"]}]
+    teacher = TeacherConfig(context=EXAMPLES_HEADER, demonstrations=demonstrations(examples), position="before_input",
+                            demonstration_template=EXAMPLE_TEMPLATE)
+    assert chat_messages(record["input"], teacher) == shown
+    assert chat_messages(record["input"], TeacherConfig(context=examples_block(examples), position="before_input")) == shown
+    halves = dataclasses.replace(teacher, demonstrations_per_context=2).split()
+    assert [chat_messages(record["input"], c) for c in halves] == [
+        [{"role": "user", "content": with_examples(record, examples[i : i + 2])["input"]}] for i in (0, 2)]

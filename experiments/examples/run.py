@@ -119,7 +119,7 @@ def plot(summary: dict[int, Any], path: Path, ylabel: str = "exact match on test
     import matplotlib.pyplot as plt
 
     conditions = ("base", "teacher", "student", "gradient_descent")
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     width = 0.8 / len(conditions)
     for i, c in enumerate(conditions):
         xs = [j + i * width for j in range(len(summary))]
@@ -127,7 +127,7 @@ def plot(summary: dict[int, Any], path: Path, ylabel: str = "exact match on test
                label=c.replace("_", " "), capsize=3)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(summary))], [f"k = {k}" for k in summary])
     ax.set(ylabel=ylabel, ylim=(0, 1), title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -1,13 +1,15 @@
 """Text-to-SQL with k examples: context distillation against gradient descent, per held-out database.
 
-The model is SmolLM2 warmed up on the gold SQL of the training databases (``warmup.yaml``); the
-evaluation databases belong to domains that warm-up never saw. For each evaluation database the
-generator's questions are cut into disjoint parts: the 20 test questions of ``data/eval.jsonl``, a
-pool whose first k are the examples, 10 dev questions (the baseline's sweep) and 80 unlabeled
-questions (their gold SQL is dropped) that the student learns from. For each k:
+The model is SmolLM2 warmed up on the gold SQL of the training databases, half of it shown after
+examples of the same database (``warmup_examples.yaml``); the evaluation databases belong to domains
+that warm-up never saw. For each evaluation database the generator's questions are cut into disjoint
+parts: the 20 test questions of ``data/eval.jsonl``, a pool whose first k are the examples, 10 dev
+questions (the baseline's sweep), 80 unlabeled questions (their gold SQL is dropped) that the student
+learns from, and 60 extra test questions (``score_more.py``). For each k:
 
-- **base**: the warmed-up model, no examples; **teacher**: the k examples in context, as one block of
-  question -> SQL pairs before the input (``task.examples_block``, the form ``warmup_examples.yaml`` trains on);
+- **base**: the warmed-up model, no examples; **teacher**: the k examples in context, as question -> SQL
+  text before the input (``teacher.demonstration_template``; ``task.examples_block``, the form the warm-up
+  trains on);
 - **student**: ``internalize distill`` with that context, trained on the teacher's answers to the unlabeled
   questions, scored without it;
 - **gradient descent**: hard-label fine-tuning on the same k examples, learning rate x epochs chosen
@@ -32,20 +34,28 @@ from typing import Any
 
 from experiments.examples.run import gradient_descent, plot, run_config
 from experiments.sql import task
+from internalize.data import write_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "experiments/sql/examples.yaml"
-N_TEST, N_POOL, N_DEV, N_INPUTS = 20, 8, 10, 80
+N_TEST, N_POOL, N_DEV, N_INPUTS, N_EXTRA = 20, 8, 10, 80, 60
 CONDITIONS = ("base", "teacher", "student", "gradient_descent")
 log = logging.getLogger("sql")
 
 
 def split(db: str) -> dict[str, list[dict]]:
-    """Disjoint questions on one database: test (= its rows of data/eval.jsonl), example pool, dev, unlabeled inputs."""
-    qs = task.questions(db, N_TEST + N_POOL + N_DEV + N_INPUTS)
-    cut = [N_TEST, N_TEST + N_POOL, N_TEST + N_POOL + N_DEV]
-    inputs = [{k: v for k, v in r.items() if k != "output"} for r in qs[cut[2]:]]
-    return {"test": qs[: cut[0]], "pool": qs[cut[0] : cut[1]], "dev": qs[cut[1] : cut[2]], "inputs": inputs}
+    """Disjoint questions on one database: test (= its rows of data/eval.jsonl), example pool, dev, unlabeled
+    inputs, and extra test questions (``score_more.py``)."""
+    qs = task.questions(db, N_TEST + N_POOL + N_DEV + N_INPUTS + N_EXTRA)
+    cut = [N_TEST, N_TEST + N_POOL, N_TEST + N_POOL + N_DEV, N_TEST + N_POOL + N_DEV + N_INPUTS]
+    inputs = [{k: v for k, v in r.items() if k != "output"} for r in qs[cut[2] : cut[3]]]
+    return {"test": qs[: cut[0]], "pool": qs[cut[0] : cut[1]], "dev": qs[cut[1] : cut[2]], "inputs": inputs,
+            "extra_test": qs[cut[3]:]}
+
+
+def files(db: str) -> dict[str, str]:
+    """Write each part of ``split(db)`` to experiments/sql/data/DB/PART.jsonl; their paths by part."""
+    return {name: write_jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in split(db).items()}
 
 
 def exact_match(run_dir: Path, test: list[dict]) -> dict[str, float]:
@@ -65,20 +75,18 @@ def main() -> None:
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     parts = {db: split(db) for db in args.dbs}
-    files = {db: {name: str(ROOT / "experiments/sql/data" / db / f"{name}.jsonl") for name in p} for db, p in parts.items()}
-    for db, p in parts.items():
-        for name, rows in p.items():
-            task.write_jsonl(files[db][name], rows)
+    paths = {db: files(db) for db in args.dbs}
     for k in args.k:  # every database at the first k before the next k: a run stopped early still covers each
         for db in args.dbs:
             where = ROOT / "runs/sql" / db
             examples = parts[db]["pool"][:k]
             t0 = time.perf_counter()
-            m = run_config([f"teacher.context={task.examples_block(examples)}", f"data.train_file={files[db]['inputs']}",
-                      f"data.eval_file={files[db]['test']}", f"output.dir={where}/distill_k{k}"], CONFIG)
+            m = run_config([f"teacher.demonstrations={json.dumps(task.demonstrations(examples))}",
+                            f"data.train_file={paths[db]['inputs']}", f"data.eval_file={paths[db]['test']}",
+                            f"output.dir={where}/distill_k{k}"], CONFIG)
             distill_s = time.perf_counter() - t0
             demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in examples])
-            gd = gradient_descent(k, demos, files[db]["dev"], files[db]["test"], where, 0, CONFIG)
+            gd = gradient_descent(k, demos, paths[db]["dev"], paths[db]["test"], where, 0, CONFIG)
             runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in CONDITIONS[:3]},
                          "gradient_descent": gd["test"], "gd_best": gd["best"], "gd_sweep": gd["sweep"],
                          "exact_match": exact_match(where / f"distill_k{k}", parts[db]["test"])

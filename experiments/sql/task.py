@@ -13,7 +13,6 @@ and ``experiments.sql.task:exact_match``.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import sqlite3
@@ -23,7 +22,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from internalize.data import write_jsonl
+
 INSTRUCTION = "Write one SQLite query that answers the question."
+EXAMPLES_HEADER = "Examples of questions on this database and their SQL:"
+EXAMPLE_TEMPLATE = "Question: {input}\nSQL: {output}"
 FIRST = ("Ann", "Ben", "Cara", "Dan", "Eva", "Finn", "Gina", "Hugo", "Ivy", "Jack", "Kim", "Leo")
 LAST = ("Adams", "Brown", "Clark", "Diaz", "Evans", "Ford", "Gray", "Hill", "King", "Lopez", "Moore", "Reed")
 PEOPLE = (FIRST, LAST)
@@ -310,13 +313,19 @@ def prompt(db: str, question: str) -> str:
 
 def examples_block(examples: list[dict]) -> str:
     """k examples of one database as question -> SQL pairs (instruction and schema are not repeated)."""
-    pairs = "\n\n".join(f"Question: {r['question']}\nSQL: {r['output']}" for r in examples)
-    return f"Examples of questions on this database and their SQL:\n\n{pairs}"
+    return "\n\n".join([EXAMPLES_HEADER, *(EXAMPLE_TEMPLATE.format(input=r["question"], output=r["output"])
+                                          for r in examples)])
+
+
+def demonstrations(examples: list[dict]) -> list[dict]:
+    """The examples as ``teacher.demonstrations``: with ``teacher.context=EXAMPLES_HEADER``,
+    ``teacher.demonstration_template=EXAMPLE_TEMPLATE`` and ``teacher.position=before_input`` the teacher
+    shows them as ``examples_block``, and ``teacher.demonstrations_per_context`` can split them."""
+    return [{"input": r["question"], "output": r["output"]} for r in examples]
 
 
 def with_examples(record: dict, examples: list[dict]) -> dict:
-    """``record`` with ``examples`` before its prompt, exactly as a teacher with ``teacher.context`` =
-    ``examples_block(examples)`` and ``teacher.position=before_input`` shows them."""
+    """``record`` with ``examples`` before its prompt, exactly as the teacher of ``demonstrations`` shows them."""
     return record | {"input": f"{examples_block(examples)}\n\n{record['input']}", "k": len(examples)}
 
 
@@ -390,12 +399,6 @@ def execution_match(record: dict, answer: str) -> float:
     """1.0 when the answer's rows equal the gold query's rows (as sorted lists) on the record's database."""
     gold = execute(record["db"], record["output"])
     return float(gold is not None and execute(record["db"], extract_sql(answer)) == gold)
-
-
-def write_jsonl(path: str | Path, records: Iterable[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
 def main() -> None:
