@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from experiments.sql import task
-from experiments.sql.run import ROOT, split
+from experiments.sql.run import DBS, ROOT, split
 from internalize.config import ModelConfig, TeacherConfig
 from internalize.models import load_model
 from internalize.teacher import teach
@@ -48,7 +48,7 @@ def teacher_config(form: str, examples: list[dict]) -> TeacherConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8])
-    parser.add_argument("--dbs", nargs="+", default=["zoo-5000", "hospital-5001", "zoo-5002", "hospital-5003"])
+    parser.add_argument("--dbs", nargs="+", default=list(DBS))
     parser.add_argument("--model", default="runs/sql_warmup_examples/model", help="a warmed-up model (run directory/model)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

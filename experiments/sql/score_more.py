@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from experiments.sql import task
-from experiments.sql.run import CONFIG, N_EXTRA, N_TEST, ROOT, split
+from experiments.sql.run import CONFIG, DBS, N_EXTRA, N_TEST, ROOT, split
 from internalize import load_config
 from internalize.evaluation import evaluate, load_scorer
 from internalize.models import load_model
@@ -38,7 +38,7 @@ log = logging.getLogger("sql.more")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dbs", nargs="+", default=["zoo-5000", "hospital-5001", "zoo-5002", "hospital-5003"])
+    parser.add_argument("--dbs", nargs="+", default=list(DBS))
     parser.add_argument("--k", type=int, nargs="+", default=[4, 8])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

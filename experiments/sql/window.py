@@ -27,7 +27,7 @@ from typing import Any
 
 from experiments.examples.run import run_config
 from experiments.sql import task
-from experiments.sql.run import CONDITIONS, CONFIG, ROOT, split
+from experiments.sql.run import CONDITIONS, CONFIG, DBS, ROOT, split
 
 N, K = 8, 4
 log = logging.getLogger("sql.window")
@@ -46,7 +46,7 @@ def distil(db: str, name: str, shown: list[dict], *overrides: str) -> dict[str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dbs", nargs="+", default=["zoo-5000", "hospital-5001", "zoo-5002", "hospital-5003"])
+    parser.add_argument("--dbs", nargs="+", default=list(DBS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
