@@ -1,4 +1,4 @@
-"""A deterministic text-to-SQL task on small SQLite databases (standard library only, nothing downloaded).
+"""A deterministic text-to-SQL task on small SQLite databases (Python's sqlite3, nothing downloaded).
 
 A database is named ``"<domain>-<seed>"`` (e.g. ``"library-3"``): its domain fixes the schema (a parent table
 such as ``authors`` and a child table such as ``books`` with a foreign key to it) and its seed fixes the rows
@@ -8,7 +8,7 @@ MAX/MIN/AVG, GROUP BY, comparisons, joins), each with a few phrasings, and every
 return a non-empty, non-trivial result. Scorers for ``eval.scorer``: ``experiments.sql.task:execution_match``
 and ``experiments.sql.task:exact_match``.
 
-    python experiments/sql/task.py   # -> experiments/sql/data/{train,eval}.jsonl
+    python experiments/sql/task.py   # -> experiments/sql/data/{train,train_examples,eval}.jsonl
 """
 
 from __future__ import annotations
