@@ -41,6 +41,13 @@ def run_config(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
     return distill(load_config(ROOT / config, [*overrides, "output.overwrite=true"]))
 
 
+def scored_run(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
+    """``run_config``'s base, teacher and student scores, with its wall time."""
+    start = time.perf_counter()
+    m = run_config(overrides, config)
+    return {c: m[c]["score"] for c in ("base", "teacher", "student")} | {"wall_s": round(time.perf_counter() - start, 1)}
+
+
 def synthesized_inputs(seed: int, split: dict[str, list[dict]], where: Path) -> str:
     """Country names written by the model, seeded with the example pool; dev and test names removed."""
     names = [r["input"] for r in split["pool"]]

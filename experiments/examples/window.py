@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.examples import capitals
-from experiments.examples.run import ROOT, run_config, synthesized_inputs
+from experiments.examples.run import ROOT, scored_run, synthesized_inputs
 
 N, K = 12, 4
 WAYS = ("best_single", "average", "route", "sequential")
@@ -47,9 +47,7 @@ def one_seed(seed: int) -> dict[str, Any]:
               f"train.seed={seed}"]
 
     def run(name: str, *overrides: str) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        m = run_config([*common, *overrides, f"output.dir={where / name}"])
-        out = {c: m[c]["score"] for c in ("base", "teacher", "student")} | {"wall_s": round(time.perf_counter() - t0, 1)}
+        out = scored_run([*common, *overrides, f"output.dir={where / name}"])
         log.info("seed %d %s: %s", seed, name, out)
         return out
 

@@ -54,9 +54,9 @@ def split(db: str) -> dict[str, list[dict]]:
             "extra_test": qs[cut[3]:]}
 
 
-def files(db: str) -> dict[str, str]:
+def files(db: str, parts: dict[str, list[dict]]) -> dict[str, str]:
     """Write each part of ``split(db)`` to experiments/sql/data/DB/PART.jsonl; their paths by part."""
-    return {name: write_jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in split(db).items()}
+    return {name: write_jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in parts.items()}
 
 
 def exact_match(run_dir: Path, test: list[dict]) -> dict[str, float]:
@@ -75,7 +75,7 @@ def main() -> None:
     start = time.perf_counter()
     runs: list[dict[str, Any]] = []
     parts = {db: split(db) for db in args.dbs}
-    paths = {db: files(db) for db in args.dbs}
+    paths = {db: files(db, parts[db]) for db in args.dbs}
     for k in args.k:  # every database at the first k before the next k: a run stopped early still covers each
         for db in args.dbs:
             where = ROOT / "runs/sql" / db

@@ -51,10 +51,11 @@ def main() -> None:
     scorer = load_scorer(cfg.eval)
     rows: list[dict[str, Any]] = []
     for db in args.dbs:
-        records = split(db)["extra_test"]
+        parts = split(db)
+        records = parts["extra_test"]
         for k in args.k:
             where = ROOT / "runs/sql" / db
-            teacher = dataclasses.replace(cfg.teacher, demonstrations=task.demonstrations(split(db)["pool"][:k]),
+            teacher = dataclasses.replace(cfg.teacher, demonstrations=task.demonstrations(parts["pool"][:k]),
                                           cache_dir="")
             reference = teach(model, tok, records, teacher, desc=f"{db} k{k} teacher")
             extra = {c: evaluate(model, tok, records, reference, cfg.eval, c, scorer).metrics["score"]

@@ -25,7 +25,7 @@ import statistics
 import time
 from typing import Any
 
-from experiments.examples.run import run_config
+from experiments.examples.run import scored_run
 from experiments.sql import task
 from experiments.sql.run import CONDITIONS, CONFIG, DBS, ROOT, split
 
@@ -35,11 +35,10 @@ log = logging.getLogger("sql.window")
 
 def distil(db: str, name: str, shown: list[dict], *overrides: str) -> dict[str, Any]:
     """One student of ``db``, its teacher showing ``shown``; base, teacher and student scores on its test split."""
-    t0, data = time.perf_counter(), ROOT / "experiments/sql/data" / db
-    m = run_config([f"data.train_file={data / 'inputs.jsonl'}", f"data.eval_file={data / 'test.jsonl'}",
-                    f"teacher.demonstrations={json.dumps(task.demonstrations(shown))}", *overrides,
-                    f"output.dir={ROOT / 'runs/sql' / db / f'window_{name}'}"], CONFIG)
-    out = {c: m[c]["score"] for c in CONDITIONS[:3]} | {"wall_s": round(time.perf_counter() - t0, 1)}
+    data = ROOT / "experiments/sql/data" / db
+    out = scored_run([f"data.train_file={data / 'inputs.jsonl'}", f"data.eval_file={data / 'test.jsonl'}",
+                      f"teacher.demonstrations={json.dumps(task.demonstrations(shown))}", *overrides,
+                      f"output.dir={ROOT / 'runs/sql' / db / f'window_{name}'}"], CONFIG)
     log.info("%s %s: %s", db, name, out)
     return out
 

@@ -174,27 +174,24 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
                     dropped["answer not extracted"] += 1
                     continue
                 scratch, answer = split
-                if cfg.extractor == "none":  # the answer is the generation: its distributions are at hand
-                    view = View(prompt, gen.ids)
-                    targets.logp.append(gen.logp)
-                    if targets.ids is not None:
-                        targets.ids.append(gen.top)
+                if cfg.extractor == "none":  # the answer is the generation
+                    scratch_tok, view = (), View(prompt, gen.ids)
                 else:
                     # spaces before the answer go with it ("...negative:" + " rainy"), as the teacher wrote
                     # them: a scratch-pad ending in a lone space token is a state the teacher never saw
                     body = scratch.rstrip(" ")
                     scratch_tok = tuple(tokenizer(body, add_special_tokens=False).input_ids) if body else ()
                     view = View(prompt + scratch_tok, answer_ids(tokenizer, scratch[len(body):] + answer))
-                    if gen.logp is not None and gen.ids == scratch_tok + view.answer_ids:  # as generated: reuse
-                        targets.logp.append(gen.logp[len(scratch_tok):])
-                        if targets.ids is not None:
-                            targets.ids.append(gen.top[len(scratch_tok):])
-                    else:  # re-tokenized differently (or cut before the end): score the answer as the student sees it
-                        pending.append(len(targets.logp))
-                        targets.logp.append(None)
-                        if targets.ids is not None:
-                            targets.ids.append(None)
-                        rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
+                if gen.logp is not None and gen.ids == scratch_tok + view.answer_ids:  # as generated: reuse
+                    targets.logp.append(gen.logp[len(scratch_tok):])
+                    if targets.ids is not None:
+                        targets.ids.append(gen.top[len(scratch_tok):])
+                else:  # re-tokenized differently (or cut before the end): score the answer as the student sees it
+                    pending.append(len(targets.logp))
+                    targets.logp.append(None)
+                    if targets.ids is not None:
+                        targets.ids.append(None)
+                    rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
                 targets.keep(record, i, gen.text, answer, view, student_prompts[i])
         targets.dropped = dict(dropped)
         if dropped:
