@@ -1,7 +1,7 @@
 """Teacher cache: the teacher's answers and distributions on disk, reused across runs.
 
 The teacher is frozen, so a run that changes only student settings (learning rate, epochs, LoRA
-rank, loss) needs none of its work again. ``teacher.teach`` stores its targets under
+rank, loss) needs none of its work again. ``teacher.answer`` stores its targets under
 ``teacher.cache_dir/<key>/``: safetensors shards of answer-token log-probs (top-k plus the tail
 mass, or the full vocabulary) and a JSON manifest (views, answers, per-shard sha256). The key
 hashes everything the teacher's output depends on: the weights themselves (not their path), the
@@ -21,38 +21,53 @@ import json
 import logging
 import os
 import shutil
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
 
 from .config import TeacherConfig
+from .targets import Targets
 from .views import View
-
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
-
-    from .teacher import TeacherTargets
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # 2: the space before an extracted answer belongs to the answer; 3: the tail mass summed directly
+# 2: the space before an extracted answer belongs to the answer; 3: the tail mass summed directly;
+# 4: no per-input answer list (evaluation derives it from the kept answers)
+FORMAT = 4
 SAMPLES_PER_SHARD = 4096
+
+# model -> (the frozen parameters' version counters, their hash): hashing copies every weight to the host,
+# so it is done once per set of weights; an in-place update (an optimizer step) bumps a version and so a rehash
+_fingerprints: weakref.WeakKeyDictionary[PreTrainedModel, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+
+
+def _frozen(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
+    """The weights the teacher uses: all but LoRA adapters, named as without LoRA."""
+    return [(name.removeprefix("base_model.model.").replace(".base_layer", ""), p)
+            for name, p in model.named_parameters() if "lora_" not in name]
 
 
 def weights_fingerprint(model: PreTrainedModel) -> str:
-    """Hash of the frozen weights (LoRA adapters excluded) and the architecture; not of their path."""
+    """Hash of the frozen weights (LoRA adapters excluded) and the architecture; not of their path.
+
+    Computed once per loaded weights: later calls check only the parameters' version counters."""
+    weights = _frozen(model)
+    versions = tuple(p._version for _, p in weights)
+    known = _fingerprints.get(model)
+    if known is not None and known[0] == versions:
+        return known[1]
     digest = hashlib.sha1(usedforsecurity=False)
     config = {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, p in model.named_parameters():
-        if "lora_" in name:
-            continue
-        plain = name.removeprefix("base_model.model.").replace(".base_layer", "")  # as without LoRA
-        digest.update(f"{plain}:{p.dtype}:{tuple(p.shape)}".encode())
+    for name, p in weights:
+        digest.update(f"{name}:{p.dtype}:{tuple(p.shape)}".encode())
         digest.update(memoryview(p.detach().cpu().contiguous().view(torch.uint8).numpy()))
+    _fingerprints[model] = (versions, digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -73,7 +88,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save(directory: str | Path, key: str, targets: TeacherTargets) -> Path:
+def save(directory: str | Path, key: str, targets: Targets) -> Path:
     """Write ``targets`` under ``directory/key`` atomically (shards, then the manifest, then a rename)."""
     final = Path(directory).expanduser() / key
     tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
@@ -93,7 +108,7 @@ def save(directory: str | Path, key: str, targets: TeacherTargets) -> Path:
     manifest = {
         "format": FORMAT, "key": key, "shards": shards, "topk": targets.ids is not None,
         "records": targets.records, "source": targets.source, "generations": targets.generations,
-        "answers": targets.answers, "dropped": targets.dropped, "all_answers": targets.all_answers,
+        "answers": targets.answers, "dropped": targets.dropped,
         "teacher_views": [[v.prompt_ids, v.answer_ids] for v in targets.teacher_views],
         "student_views": [[v.prompt_ids, v.answer_ids] for v in targets.student_views],
     }
@@ -103,10 +118,8 @@ def save(directory: str | Path, key: str, targets: TeacherTargets) -> Path:
     return final
 
 
-def load(directory: str | Path, key: str) -> TeacherTargets | None:
+def load(directory: str | Path, key: str) -> Targets | None:
     """The cached targets for ``key``; None when there are none or they fail a check (then logged)."""
-    from .teacher import TeacherTargets
-
     where = Path(directory).expanduser() / key
     if not (where / "manifest.json").exists():
         return None
@@ -134,17 +147,8 @@ def load(directory: str | Path, key: str) -> TeacherTargets | None:
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:  # JSONDecodeError is a ValueError
         log.warning("teacher cache %s is unusable (%s); recomputing the teacher", where, e)
         return None
-    return TeacherTargets(
+    return Targets(
         records=manifest["records"], source=manifest["source"], generations=manifest["generations"],
         answers=manifest["answers"], teacher_views=views["teacher_views"], student_views=views["student_views"],
         logp=logp, ids=ids if manifest["topk"] else None, dropped=manifest["dropped"],
-        all_answers=manifest["all_answers"],
     )
-
-
-def bytes_per_token(targets: TeacherTargets) -> float:
-    """Stored bytes per answer token (log-probs fp32, ids int32)."""
-    if not len(targets):
-        return 0.0
-    width = targets.logp[0].shape[-1] * 4 + (targets.ids[0].shape[-1] * 4 if targets.ids is not None else 0)
-    return float(width)

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except InternalizeError as e:
         print(f"internalize: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))  # distill and eval: {behaviour: {base, teacher, student}}
     return 0
 
 

@@ -10,6 +10,7 @@ with a close-match suggestion. Run ``internalize distill --help`` to see every k
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import string
@@ -119,31 +120,32 @@ class SynthesizeConfig(_Section):
         return bool(self.seeds or self.task)
 
 
+
 @dataclass
 class DataConfig(_Section):
     _name = "data"
-    train_file: str = _help("JSONL file of training inputs, one {\"input\": ...} per line.", default="")
-    eval_file: str = _help("JSONL file of held-out inputs; if empty, num_eval are split off the training inputs.", default="")
-    inputs: list[Any] = _help("Training inputs given inline (strings or {input: ...} records).", default_factory=list)
-    eval_inputs: list[Any] = _help("Held-out inputs given inline.", default_factory=list)
-    num_eval: int = _help("Held-out inputs split off the training inputs when no eval set is given.", default=30)
-    max_train: int = _help("Use at most this many training inputs (0 = all).", default=0)
+    num_eval: int = _help("Held-out inputs split off a behaviour's training inputs when it has no held-out set.",
+                          default=30)
+    max_train: int = _help("Use at most this many training inputs per behaviour (0 = all).", default=0)
     seed: int = _help("Seed of the train/eval split shuffle.", default=0)
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig,
-                                         metadata={"help": "Model-written training inputs (used when no "
-                                                           "train_file or inputs are given)."})
+                                         metadata={"help": "Model-written training inputs (used when the run's one "
+                                                           "behaviour has no train_file or inputs)."})
 
     def __post_init__(self) -> None:
         self._require(self.num_eval >= 0, "num_eval", "must be >= 0")
         self._require(self.max_train >= 0, "max_train", "must be >= 0 (0 = all)")
 
 
-CONTEXT_KEYS = ("name", "context", "demonstrations", "position", "train_file", "eval_file", "scorer_regex", "scorer")
+POSITIONS = ("system", "before_input", "after_input")
+CONDITIONS = ("base", "teacher", "student")  # what each behaviour is scored under; no behaviour may take these names
 
 
 @dataclass
-class TeacherConfig(_Section):
-    _name = "teacher"
+class PromptConfig(_Section):
+    """What the teacher sees besides the input: the context, its demonstrations and how they are laid out."""
+
+    _name = "prompt"
     context: str = _help("The context to internalize: an instruction, explanation or examples.", default="")
     demonstrations: list[dict[str, str]] = _help(
         "Demonstration turns after the context: a list of {input, output} records.", default_factory=list
@@ -152,13 +154,85 @@ class TeacherConfig(_Section):
     demonstration_template: str = _help(
         "Show the demonstrations as text in the context instead of chat turns: each formatted by this template "
         "(fields {input} and {output}, e.g. 'Q: {input}\\nA: {output}'), blank lines between them, after "
-        "teacher.context, at teacher.position ('' = one user/assistant turn each).", default="")
+        "the context, at the position ('' = one user/assistant turn each).", default="")
     demonstrations_per_context: int = _help(
         "Split the demonstrations into contexts of this many each (0 = all in one context): more examples than "
-        "one context window holds, combined as teacher.combine says.", default=0)
+        "one context window holds, combined as combine says.", default=0)
     combine: str = _help(
         "How split contexts teach: average (each input's teacher distribution is the mean of the contexts' "
         "distributions, token by token) or route (input i is taught by context i mod n).", default="average")
+
+    def __post_init__(self) -> None:
+        self._choice("position", POSITIONS)
+        self._require(self.demonstrations_per_context >= 0, "demonstrations_per_context", "must be >= 0 (0 = one context)")
+        self._choice("combine", ("average", "route"))
+        for i, demo in enumerate(self.demonstrations):
+            if not isinstance(demo, dict) or set(demo) != {"input", "output"}:
+                raise InternalizeError(f"{self._name}.demonstrations[{i}]={demo!r} is invalid: use {{input: ..., output: ...}}")
+        if self.demonstration_template:
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(self.demonstration_template) if f is not None}
+            except ValueError as err:
+                raise InternalizeError(f"{self._name}.demonstration_template={self.demonstration_template!r} is invalid: "
+                                       f"{err}; write fields as {{input}} and {{output}}, braces doubled") from None
+            self._require(bool(fields) and fields <= {"input", "output"}, "demonstration_template",
+                          f"uses {sorted(fields) or 'no field'}; use only {{input}} and {{output}}")
+
+    @property
+    def empty(self) -> bool:
+        """No context and no demonstrations: the teacher is the model as it is (a behaviour to keep)."""
+        return not (self.context.strip() or self.demonstrations)
+
+    def split(self) -> list[PromptConfig]:
+        """The contexts this prompt combines: one per chunk of ``demonstrations_per_context`` demonstrations."""
+        k = self.demonstrations_per_context
+        if not k or k >= len(self.demonstrations):
+            return [self]
+        return [dataclasses.replace(self, demonstrations=self.demonstrations[i : i + k], demonstrations_per_context=0)
+                for i in range(0, len(self.demonstrations), k)]
+
+
+@dataclass
+class BehaviourConfig(_Section):
+    """One behaviour of a run: its prompt, its training and held-out inputs, and how its answers are scored."""
+
+    _name = "behaviour"
+    name: str = _help("Name in metrics.json and the report (not base, teacher or student).", default="main")
+    prompt: PromptConfig = field(default_factory=PromptConfig,
+                                 metadata={"help": "The teacher's context (empty: keep the model's own behaviour)."})
+    train_file: str = _help("JSONL file of training inputs, one {\"input\": ...} per line.", default="")
+    inputs: list[Any] = _help("Training inputs given inline (strings or {input: ...} records).", default_factory=list)
+    eval_file: str = _help("JSONL file of held-out inputs; if none, data.num_eval are split off the training inputs.",
+                           default="")
+    eval_inputs: list[Any] = _help("Held-out inputs given inline.", default_factory=list)
+    scorer_regex: str = _help("A regex the final answer must match (re.search) to score 1.", default="")
+    scorer: str = _help("A Python callable 'module:function(record, output) -> bool | float', importable from the "
+                        "config file's directory or the working directory.", default="")
+
+    def __post_init__(self) -> None:
+        self._require(bool(self.name) and self.name not in CONDITIONS, "name",
+                      f"give a name other than {', '.join(CONDITIONS)} (those name the report's conditions)")
+        self._require(not (self.train_file and self.inputs), "inputs", f"{self._name}.train_file is set too; keep one")
+        self._require(not (self.eval_file and self.eval_inputs), "eval_inputs", f"{self._name}.eval_file is set too; keep one")
+        self._require(not self.scorer or ":" in self.scorer, "scorer", "use the form 'module:function'")
+        self._require(not (self.scorer and self.scorer_regex), "scorer",
+                      f"{self._name}.scorer_regex is set too; keep one")
+
+    _at: typing.ClassVar[str | None] = None  # where the config wrote it ('' = the shorthand keys); set when built
+
+    def key(self, name: str) -> str:
+        """The dotted key of field ``name`` as the config wrote it, for messages (``data.train_file``,
+        ``teacher.contexts[1].eval_file``, ``behaviours[0].scorer``)."""
+        if self._at == "":
+            return next(f"{section}.{name}" for section, keys in SHORTHAND.items() if name in keys)
+        return f"{self._at or f'behaviours[{self.name}]'}.{name}"
+
+
+@dataclass
+class TeacherConfig(_Section):
+    """How the teacher answers and what of its answers is kept; what it is shown is each behaviour's prompt."""
+
+    _name = "teacher"
     max_new_tokens: int = _help("Longest teacher generation (scratch-pad plus answer).", default=64)
     do_sample: bool = _help("Sample teacher generations instead of greedy decoding.", default=False)
     temperature: float = _help("Sampling temperature (do_sample only).", default=1.0)
@@ -177,13 +251,6 @@ class TeacherConfig(_Section):
         "Teacher log-probs kept per answer token: top-k plus the tail mass (0 = full vocabulary).", default=128
     )
     batch_size: int = _help("Teacher generation and scoring batch size.", default=64)
-    contexts: list[dict[str, Any]] = _help(
-        "Several behaviours distilled into one student: a list of {name, context, demonstrations, position, "
-        "train_file, eval_file, scorer_regex or scorer}. Each input is taught by its own context's teacher and "
-        "each behaviour is scored on its own held-out file (the other teacher and data keys are the defaults). "
-        "An entry with no context teaches the model's current behaviour on its inputs, to keep it.",
-        default_factory=list,
-    )
     cache_dir: str = _help(
         "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
         "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",
@@ -191,9 +258,6 @@ class TeacherConfig(_Section):
     )
 
     def __post_init__(self) -> None:
-        self._choice("position", ("system", "before_input", "after_input"))
-        self._require(self.demonstrations_per_context >= 0, "demonstrations_per_context", "must be >= 0 (0 = one context)")
-        self._choice("combine", ("average", "route"))
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
         self._require(self.temperature > 0, "temperature", "must be > 0")
         self._require(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
@@ -204,53 +268,10 @@ class TeacherConfig(_Section):
                       f"teacher.extractor={self.extractor} needs a pattern")
         self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        self._check_demonstrations(self.demonstrations, "teacher.demonstrations")
-        if self.demonstration_template:
-            try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(self.demonstration_template) if f is not None}
-            except ValueError as err:
-                raise InternalizeError(f"teacher.demonstration_template={self.demonstration_template!r} is invalid: "
-                                       f"{err}; write fields as {{input}} and {{output}}, braces doubled") from None
-            self._require(bool(fields) and fields <= {"input", "output"}, "demonstration_template",
-                          f"uses {sorted(fields) or 'no field'}; use only {{input}} and {{output}}")
-        names = set()
-        for i, entry in enumerate(self.contexts):
-            key = f"teacher.contexts[{i}]"
-            if not isinstance(entry, dict):
-                raise InternalizeError(f"{key}={entry!r} is invalid: use {{name: ..., context: ..., train_file: ..., "
-                                       "eval_file: ...}")
-            unknown = set(entry) - set(CONTEXT_KEYS)
-            if unknown:
-                raise InternalizeError(f"{key} has unknown key(s) {sorted(unknown)}; allowed: {', '.join(CONTEXT_KEYS)}")
-            for required in ("name", "train_file", "eval_file"):
-                if not entry.get(required):
-                    raise InternalizeError(f"{key}.{required} is missing")
-            if entry["name"] in names:
-                raise InternalizeError(f"{key}.name={entry['name']!r} is used twice; names must be unique")
-            names.add(entry["name"])
-            if "position" in entry and entry["position"] not in ("system", "before_input", "after_input"):
-                raise InternalizeError(f"{key}.position={entry['position']!r} is invalid; choose from "
-                                       "system, before_input, after_input")
-            self._check_demonstrations(entry.get("demonstrations", []), f"{key}.demonstrations")
 
-    @staticmethod
-    def _check_demonstrations(demos: list[Any], key: str) -> None:
-        for i, demo in enumerate(demos):
-            if not isinstance(demo, dict) or set(demo) != {"input", "output"}:
-                raise InternalizeError(f"{key}[{i}]={demo!r} is invalid: use {{input: ..., output: ...}}")
-
-    def split(self) -> list[TeacherConfig]:
-        """The contexts this teacher combines: one per chunk of ``demonstrations_per_context`` demonstrations."""
-        k = self.demonstrations_per_context
-        if not k or k >= len(self.demonstrations):
-            return [self]
-        return [dataclasses.replace(self, demonstrations=self.demonstrations[i : i + k], demonstrations_per_context=0)
-                for i in range(0, len(self.demonstrations), k)]
-
-    def for_context(self, entry: dict[str, Any]) -> TeacherConfig:
-        """This teacher with one entry of ``contexts`` as its context (``contexts`` keeps just that entry)."""
-        return dataclasses.replace(self, context=entry.get("context", ""), demonstrations=entry.get("demonstrations", []),
-                                   position=entry.get("position", self.position), contexts=[entry])
+    def greedy(self) -> TeacherConfig:
+        """These settings with one greedy answer per input: the teacher as evaluation compares against it."""
+        return dataclasses.replace(self, do_sample=False, num_samples=1)
 
 
 @dataclass
@@ -300,8 +321,6 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     _name = "eval"
     max_new_tokens: int = _help("Longest generation per condition (base, teacher, student).", default=64)
-    scorer_regex: str = _help("A regex the final answer must match (re.search) to score 1.", default="")
-    scorer: str = _help("A Python callable 'module:function(record, output) -> bool | float'.", default="")
     batch_size: int = _help("Evaluation generation batch size.", default=32)
     num_examples: int = _help("Side-by-side generations shown in the report.", default=6)
     neutral_file: str = _help("Forgetting check: JSONL of prompts the context says nothing about; the report "
@@ -312,7 +331,6 @@ class EvalConfig(_Section):
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.num_examples >= 0, "num_examples", "must be >= 0")
-        self._require(not self.scorer or ":" in self.scorer, "scorer", "use the form 'module:function'")
 
 
 @dataclass
@@ -334,16 +352,105 @@ class Config:
 
     model: ModelConfig
     data: DataConfig
+    behaviours: list[BehaviourConfig]
     teacher: TeacherConfig
     train: TrainConfig
     eval: EvalConfig
     output: OutputConfig
 
     def __post_init__(self) -> None:
-        t = self.teacher
-        if self.train.targets == "teacher" and not (t.context.strip() or t.demonstrations or t.contexts):
-            raise InternalizeError("teacher.context='' is invalid: give a context to internalize "
+        names = [b.name for b in self.behaviours]
+        if not names:
+            raise InternalizeError("behaviours=[] is invalid: give at least one behaviour")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise InternalizeError(f"behaviours: the name {twice[0]!r} is used twice; names must be unique")
+        if self.train.targets == "teacher" and all(b.prompt.empty for b in self.behaviours):
+            where = "teacher.context=''" if names == ["main"] else "behaviours: no behaviour has a context"
+            raise InternalizeError(f"{where} is invalid: give a context to internalize "
                                    "(or train.targets=data to fine-tune on given outputs)")
+        if self.output.save == "adapter" and self.model.finetune != "lora":
+            raise InternalizeError("output.save='adapter' is invalid with model.finetune='full': only LoRA trains an "
+                                   "adapter; use output.save=merged")
+
+    # where load_config read the file: user modules (eval scorers, validators) are imported from there first
+    config_dir: typing.ClassVar[Path | None] = None
+
+
+# The single-behaviour shorthand: these keys of other sections describe one behaviour named "main".
+SHORTHAND = {
+    "teacher": ("context", "demonstrations", "position", "demonstration_template", "demonstrations_per_context",
+                "combine", "contexts"),
+    "data": ("train_file", "inputs", "eval_file", "eval_inputs"),
+    "eval": ("scorer_regex", "scorer"),
+}
+# An entry of the older ``teacher.contexts`` list: a behaviour with its prompt's keys at the top.
+CONTEXT_KEYS = ("name", "context", "demonstrations", "position", "train_file", "eval_file", "scorer_regex", "scorer")
+
+
+def _behaviour(raw: Any, where: str, prompt_key: str) -> BehaviourConfig:
+    """Build one behaviour; errors name ``where`` (its dotted key) and ``prompt_key`` (where its prompt came from)."""
+    if not isinstance(raw, dict):
+        raise InternalizeError(f"{where}={raw!r} is invalid: use {{name: ..., prompt: {{context: ...}}, train_file: ..., "
+                               "eval_file: ...}")
+    raw = dict(raw)
+    prompt = _build(PromptConfig, raw.pop("prompt", None) or {}, f"{prompt_key}.")
+    behaviour = _build(BehaviourConfig, {**raw, "prompt": prompt}, f"{where}.")
+    behaviour._at = "" if prompt_key == "teacher" else where
+    return behaviour
+
+
+def _behaviours(raw: dict[str, Any]) -> list[BehaviourConfig]:
+    """The run's behaviours: ``behaviours`` as given, or the shorthand keys (popped from ``raw``) as one or more.
+
+    ``teacher.context`` & co. are one behaviour named ``main``; each ``teacher.contexts`` entry is one behaviour
+    (the prompt keys it does not set are taken from ``teacher``, the scorer from ``eval``)."""
+    short: dict[str, dict[str, Any]] = {}
+    for section, keys in SHORTHAND.items():
+        values = raw.get(section)
+        values = values if isinstance(values, dict) else {}
+        short[section] = {k: values.pop(k) for k in keys if k in values}
+    given = {f"{s}.{k}": v for s, kv in short.items() for k, v in kv.items() if v not in ("", [], None)}
+    if "behaviours" in raw:
+        if given:
+            raise InternalizeError(f"{next(iter(given))} is set beside behaviours; move it into each behaviour")
+        if not isinstance(raw["behaviours"], list):
+            raise InternalizeError(f"behaviours={raw['behaviours']!r} is invalid: give a list of behaviours")
+        return [_behaviour(b, f"behaviours[{i}]", f"behaviours[{i}].prompt") for i, b in enumerate(raw["behaviours"])]
+    prompt = dict(short["teacher"])
+    contexts = prompt.pop("contexts", None) or []
+    scorer = {k: v for k, v in short["eval"].items() if v}
+    if len(scorer) > 1:
+        raise InternalizeError("eval.scorer_regex and eval.scorer are both set; keep one")
+    if "scorer" in scorer and ":" not in str(scorer["scorer"]):
+        raise InternalizeError(f"eval.scorer={scorer['scorer']!r} is invalid: use the form 'module:function'")
+    if not contexts:
+        inputs = short["data"]
+        if inputs.get("train_file") and inputs.get("inputs"):
+            raise InternalizeError("data.train_file and data.inputs are both set; keep one")
+        return [_behaviour({"name": "main", "prompt": prompt, **inputs, **scorer}, "behaviours[0]", "teacher")]
+    if not isinstance(contexts, list):
+        raise InternalizeError(f"teacher.contexts={contexts!r} is invalid: give a list of {{name, context, train_file, "
+                               "eval_file}} entries")
+    behaviours = []
+    for i, entry in enumerate(contexts):
+        key = f"teacher.contexts[{i}]"
+        if not isinstance(entry, dict):
+            raise InternalizeError(f"{key}={entry!r} is invalid: use {{name: ..., context: ..., train_file: ..., "
+                                   "eval_file: ...}")
+        for name in entry:
+            if name not in CONTEXT_KEYS:
+                raise _unknown(f"{key}.{name}", list(CONTEXT_KEYS))
+        for required in ("name", "train_file", "eval_file"):
+            if not entry.get(required):
+                raise InternalizeError(f"{key}.{required} is missing")
+        own = {k: entry[k] for k in ("context", "demonstrations", "position") if k in entry}
+        rest = {k: v for k, v in entry.items() if k not in own}
+        if not (rest.get("scorer") or rest.get("scorer_regex")):
+            rest |= scorer
+        behaviours.append(_behaviour({**rest, "prompt": {**prompt, **own, "context": own.get("context", ""),
+                                                         "demonstrations": own.get("demonstrations", [])}}, key, key))
+    return behaviours
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -397,25 +504,41 @@ def _unknown(key: str, known: list[str]) -> InternalizeError:
 
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
-    """Build dataclass ``cls`` from a dict, recursing into nested sections; keys named by dotted path."""
+    """Build dataclass ``cls`` from a dict, recursing into nested sections; errors name the dotted ``prefix``.
+
+    A section's own checks name it by its class ``_name``; built under another key (a behaviour's prompt,
+    ``behaviours[1]``), the message is renamed to that key."""
     if not isinstance(values, dict):
         raise InternalizeError(f"config section '{prefix.rstrip('.') or 'root'}' must be a mapping, got {values!r}")
     types = _field_types(cls)
+    known = list(types) + [k for k in SHORTHAND.get(prefix.rstrip("."), ()) if k != "contexts"]
     for key in values:
         if key not in types:
-            raise _unknown(f"{prefix}{key}", list(types))
+            raise _unknown(f"{prefix}{key}", known)
     kwargs = {}
     for key, tp in types.items():
-        if dataclasses.is_dataclass(tp):
+        if key in values and dataclasses.is_dataclass(values[key]):  # built already (a behaviour's prompt)
+            kwargs[key] = values[key]
+        elif dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, values.get(key) or {}, f"{prefix}{key}.")
         elif key in values:
             kwargs[key] = _coerce(values[key], tp, f"{prefix}{key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InternalizeError as e:
+        own = getattr(cls, "_name", "")
+        if own and prefix and f"{own}." != prefix:
+            raise InternalizeError(str(e).replace(f"{own}.", prefix)) from None
+        raise
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
-    """Build a validated Config from a nested dict (as read from YAML)."""
-    return _build(Config, raw, "")
+    """Build a validated Config from a nested dict (as read from YAML); the shorthand keys become behaviours."""
+    if not isinstance(raw, dict):
+        raise InternalizeError(f"the config must be a mapping of sections, got {raw!r}")
+    raw = copy.deepcopy(raw)
+    behaviours = _behaviours(raw)
+    return _build(Config, {**raw, "behaviours": behaviours}, "")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -450,24 +573,32 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             line = f" at line {mark.line + 1}" if mark else ""
             raise InternalizeError(f"{path}: malformed YAML{line}; fix the syntax ({getattr(e, 'problem', e)})") from None
     try:
-        return config_from_dict(apply_overrides(raw, list(overrides or [])))
+        cfg = config_from_dict(apply_overrides(raw, list(overrides or [])))
     except InternalizeError as e:
         raise InternalizeError(f"{where}: {e}") from None
+    cfg.config_dir = path.resolve().parent if path is not None else None
+    return cfg
 
 
-def import_callable(spec: str, key: str) -> Any:
-    """Resolve a ``module:function`` config value, importable from the working directory."""
+def import_callable(spec: str, key: str, search: tuple[Path | None, ...] = ()) -> Any:
+    """Resolve a ``module:function`` config value, importable from the ``search`` directories or the working directory.
+
+    ``sys.path`` is left as it was."""
     import importlib
     import sys
 
     module_name, _, attr = spec.partition(":")
-    if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
+    added = [str(d) for d in (*search, Path.cwd()) if d is not None and str(d) not in sys.path]
+    sys.path[:0] = added
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise InternalizeError(f"{key}={spec!r} cannot be imported ({e}); "
-                               "give 'module:function' importable from the working directory") from None
+        places = " or ".join(["the config file's directory"] * any(search) + ["the working directory"])
+        raise InternalizeError(f"{key}={spec!r} cannot be imported ({e}); give 'module:function' importable from "
+                               f"{places}") from None
+    finally:
+        for entry in added:
+            sys.path.remove(entry)
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -479,9 +610,21 @@ def describe_fields(cls: type | None = None, prefix: str = "") -> str:
     lines = []
     for f in dataclasses.fields(cls or Config):
         tp = _field_types(cls or Config)[f.name]
+        element = (typing.get_args(tp) or [None])[0]
         if dataclasses.is_dataclass(tp):
             lines += [f"{prefix}{f.name}:", describe_fields(tp, f"{prefix}{f.name}.")]
             continue
+        if dataclasses.is_dataclass(element):
+            lines += [f"{prefix}{f.name}: a list, each entry with these keys", describe_fields(element, f"{prefix}{f.name}[].")]
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            continue
         default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         lines.append(f"  {prefix}{f.name} (default {default!r}): {f.metadata['help']}")
+    if cls is None:
+        lines.append("Shorthand for one behaviour named 'main': teacher.context, teacher.demonstrations, "
+                     "teacher.position, teacher.demonstration_template, teacher.demonstrations_per_context, "
+                     "teacher.combine (its prompt), data.train_file, data.inputs, data.eval_file, data.eval_inputs, "
+                     "eval.scorer_regex, eval.scorer; teacher.contexts lists several behaviours, each "
+                     "{name, context, demonstrations, position, train_file, eval_file, scorer_regex or scorer}.")
     return "\n".join(lines)

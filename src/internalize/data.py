@@ -1,8 +1,8 @@
-"""Inputs: unlabeled task inputs from a JSONL file or the YAML, split into train and held-out eval.
+"""Inputs: a behaviour's unlabeled task inputs from a JSONL file or the YAML, split into train and held-out.
 
 Each record is a dict with an ``"input"`` string; extra fields are kept for scorers.
 
-    train, held_out = load_inputs(cfg.data)
+    train, held_out = load_inputs(cfg.behaviours[0], cfg.data)
     write_jsonl("inputs.jsonl", [{"input": "..."}])
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .config import DataConfig, InternalizeError
+from .config import BehaviourConfig, DataConfig, InternalizeError
 
 Record = dict[str, Any]
 
@@ -64,46 +64,45 @@ def _check(record: Any, where: str) -> Record:
     return record
 
 
-def read_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
-    """Parse the configured (train, eval) records as given, before any split."""
-    if cfg.train_file and cfg.inputs:
-        raise InternalizeError("data.train_file and data.inputs are both set; keep one")
-    if cfg.train_file:
-        train = read_jsonl(cfg.train_file, "data.train_file")
+def read_inputs(behaviour: BehaviourConfig) -> tuple[list[Record], list[Record]]:
+    """Parse a behaviour's (train, held-out) records as given, before any split."""
+    if behaviour.train_file:
+        train = read_jsonl(behaviour.train_file, behaviour.key("train_file"))
     else:
-        train = [_check(r, f"data.inputs[{i}]") for i, r in enumerate(cfg.inputs)]
-    if cfg.eval_file:
-        held_out = read_jsonl(cfg.eval_file, "data.eval_file")
+        train = [_check(r, f"{behaviour.key('inputs')}[{i}]") for i, r in enumerate(behaviour.inputs)]
+    if behaviour.eval_file:
+        held_out = read_jsonl(behaviour.eval_file, behaviour.key("eval_file"))
     else:
-        held_out = [_check(r, f"data.eval_inputs[{i}]") for i, r in enumerate(cfg.eval_inputs)]
+        held_out = [_check(r, f"{behaviour.key('eval_inputs')}[{i}]") for i, r in enumerate(behaviour.eval_inputs)]
     return train, held_out
 
 
-def split_inputs(cfg: DataConfig, train: list[Record], held_out: list[Record]) -> tuple[list[Record], list[Record]]:
+def split_inputs(cfg: DataConfig, train: list[Record], held_out: list[Record],
+                 behaviour: BehaviourConfig) -> tuple[list[Record], list[Record]]:
     """Without a held-out set, split ``num_eval`` off the training inputs at random (seeded)."""
+    key = behaviour.key
     if not train:
-        raise InternalizeError("no training inputs: set data.train_file (JSONL), data.inputs (a list) "
+        raise InternalizeError(f"no training inputs: set {key('train_file')} (JSONL), {key('inputs')} (a list) "
                                "or data.synthesize (seeds for model-written inputs)")
     if not held_out and cfg.num_eval:
         if cfg.num_eval >= len(train):
-            raise InternalizeError(
-                f"data.num_eval={cfg.num_eval} leaves no training inputs out of {len(train)}; lower it or add data.eval_file"
-            )
+            raise InternalizeError(f"data.num_eval={cfg.num_eval} leaves no training inputs out of {len(train)}; "
+                                   f"lower it or add {key('eval_file')}")
         shuffled = train[:]
         random.Random(cfg.seed).shuffle(shuffled)
         held_out, train = shuffled[: cfg.num_eval], shuffled[cfg.num_eval :]
     if not held_out:
-        raise InternalizeError("no held-out inputs: set data.eval_file, data.eval_inputs or data.num_eval > 0")
+        raise InternalizeError(f"no held-out inputs: set {key('eval_file')}, {key('eval_inputs')} or data.num_eval > 0")
     if cfg.max_train:
         train = train[: cfg.max_train]
     return train, held_out
 
 
-def load_inputs(cfg: DataConfig) -> tuple[list[Record], list[Record]]:
-    """Return (train, eval) records. Without an eval set, ``num_eval`` are split off at random."""
-    return split_inputs(cfg, *read_inputs(cfg))
+def load_inputs(behaviour: BehaviourConfig, cfg: DataConfig) -> tuple[list[Record], list[Record]]:
+    """Return (train, held-out) records. Without a held-out set, ``num_eval`` are split off at random."""
+    return split_inputs(cfg, *read_inputs(behaviour), behaviour)
 
 
-def uses_synthesis(cfg: DataConfig) -> bool:
-    """True when training inputs are to be written by the model (no file or inline inputs given)."""
-    return not (cfg.train_file or cfg.inputs) and cfg.synthesize.enabled
+def uses_synthesis(behaviours: list[BehaviourConfig], cfg: DataConfig) -> bool:
+    """True when training inputs are to be written by the model: one behaviour, no file or inline inputs."""
+    return len(behaviours) == 1 and not (behaviours[0].train_file or behaviours[0].inputs) and cfg.synthesize.enabled

@@ -8,9 +8,9 @@ prefix with explicit positions, attending to the prefix's key/value cache. Resul
 uncached forward (tested to tolerance on a tiny model and on SmolLM2). In training the prefix is
 re-run with gradients once per micro-batch, instead of once per sequence.
 
-    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model)
+    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model, device)
     logits = answer_logits(model, collate(views, pad_id, len(prefix)), prefix)  # [B, A, V]
-    outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, distributions=128)
+    outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, device=device, distributions=128)
 
 ``generate`` is greedy or sampled decoding with early exit of finished rows; with
 ``distributions`` it also keeps, for every generated token, the model's log-probs (top-k plus the
@@ -20,7 +20,6 @@ tail mass, or the full vocabulary): the teacher's distributions come free with i
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from .targets import topk_with_tail
 from .views import View
 
 
@@ -49,9 +49,10 @@ class Prefix:
     cache: DynamicCache | None = None  # batch size 1
 
     @classmethod
-    def shared(cls, prompts: Sequence[Sequence[int]]) -> Prefix:
-        """The common prefix of ``prompts``, leaving at least one token of every prompt after it."""
-        if os.environ.get("INTERNALIZE_NO_PREFIX_CACHE", "0") != "0" or not prompts:  # for side-by-side benchmarks
+    def shared(cls, prompts: Sequence[Sequence[int]], share: bool = True) -> Prefix:
+        """The common prefix of ``prompts``, leaving at least one token of every prompt after it
+        (``share=False``: none, every sequence runs whole; for side-by-side benchmarks)."""
+        if not share or not prompts:
             return cls()
         n = min(common_prefix_length(prompts), min(map(len, prompts)) - 1)
         return cls(tuple(prompts[0][: max(n, 0)]))
@@ -59,11 +60,10 @@ class Prefix:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def prefill(self, model: PreTrainedModel) -> Prefix:
-        """Run the model on the prefix (with gradients if enabled) and keep its cache."""
+    def prefill(self, model: PreTrainedModel, device: torch.device | str) -> Prefix:
+        """Run the model (on ``device``) on the prefix, with gradients if enabled, and keep its cache."""
         if not self.ids:
             return self
-        device = next(model.parameters()).device
         out = model(input_ids=torch.tensor([self.ids], device=device), use_cache=True, logits_to_keep=1)
         return Prefix(self.ids, out.cache)
 
@@ -144,20 +144,23 @@ def mean_over_contexts(logp: torch.Tensor, group: int) -> torch.Tensor:
     return torch.logsumexp(logp.view(-1, group, *logp.shape[1:]), dim=1) - math.log(group)
 
 
-def _contiguous_head_input(model: PreTrainedModel) -> None:
-    """Make the output projection see a contiguous input: the kept positions are a slice, which
-    ``F.linear`` would otherwise run as a batched matmul with the [V, d] weight broadcast (2x slower)."""
-    head = model.get_output_embeddings()
-    if head is not None and not getattr(head, "_contiguous_input", False):
-        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
-        head._contiguous_input = True
+def _contiguous(module: torch.nn.Module, args: tuple) -> tuple:
+    return (args[0].contiguous(), *args[1:])
 
 
 def forward(model: PreTrainedModel, batch: Batch, cache: DynamicCache | None, keep: int) -> torch.Tensor:
-    """Logits ``[B, keep, V]`` of the batch's last ``keep`` positions; ``cache`` holds the prefix (grows in place)."""
-    _contiguous_head_input(model)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                cache=cache, use_cache=cache is not None, logits_to_keep=keep)
+    """Logits ``[B, keep, V]`` of the batch's last ``keep`` positions; ``cache`` holds the prefix (grows in place).
+
+    For this call only, the output projection sees a contiguous input: the kept positions are a slice,
+    which ``F.linear`` would otherwise run as a batched matmul with the [V, d] weight broadcast (2x slower)."""
+    head = model.get_output_embeddings()
+    hook = head.register_forward_pre_hook(_contiguous) if head is not None else None
+    try:
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    cache=cache, use_cache=cache is not None, logits_to_keep=keep)
+    finally:
+        if hook is not None:
+            hook.remove()
     return out.logits
 
 
@@ -166,17 +169,6 @@ def answer_logits(model: PreTrainedModel, batch: Batch, prefix: Prefix | None = 
     cache = prefix.expanded(model, batch.input_ids.shape[0]) if prefix is not None else None
     logits = forward(model, batch, cache, batch.keep)
     return logits.gather(1, batch.answer_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
-
-
-def topk_with_tail(logp: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """[..., V] log-probs -> ([..., k + 1] top-k then tail log-probs, [..., k] ids); k = 0 keeps all."""
-    if not k or k >= logp.shape[-1]:
-        return logp, None
-    values, ids = logp.topk(k, dim=-1)
-    # the rest's mass summed directly, as losses.to_classes does for the student: 1 - sum(top-k) would lose
-    # a peaked distribution's tail (1e-9, say) to rounding
-    tail = logp.scatter(-1, ids, float("-inf")).logsumexp(-1, keepdim=True)
-    return torch.cat([values, tail], dim=-1), ids
 
 
 @dataclass
@@ -203,10 +195,11 @@ def _choose(logp: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
 
 
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, batch_size: int, do_sample: bool = False, temperature: float = 1.0,
-             top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
-             group: int = 1, desc: str = "generate") -> list[list[Generation]]:
-    """Generate ``num_samples`` continuations per prompt (ids). Call under ``teacher_mode`` or ``inference_mode``.
+             max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
+             group: int = 1, desc: str = "generate", share_prefix: bool = True) -> list[list[Generation]]:
+    """Generate ``num_samples`` continuations per prompt (ids) with the model on ``device``. Call under
+    ``teacher_mode`` or ``inference_mode``.
 
     Batches are length-sorted; rows leave the batch as they finish. ``distributions``: None keeps
     no log-probs, 0 the full vocabulary, k the top-k plus the tail mass (temperature 1, as scored).
@@ -215,8 +208,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     the token chosen from it, and there is one result per run (``batch_size`` counts runs).
     """
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    prefix = Prefix.shared(prompts).prefill(model)
-    device = next(model.parameters()).device
+    prefix = Prefix.shared(prompts, share_prefix).prefill(model, device)
     inputs = len(prompts) // group
     order = sorted(range(inputs), key=lambda i: max(map(len, prompts[i * group : (i + 1) * group])))
     results: list[list[Generation]] = [[] for _ in range(inputs)]

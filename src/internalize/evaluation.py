@@ -4,32 +4,33 @@ Metrics per condition:
 - ``agreement``: share of held-out inputs whose greedy answer equals the teacher's final answer;
 - ``kl``: mean per-token KL(teacher || model) on the teacher's answer tokens (top-k form when
   ``teacher.top_k > 0``, a lower bound of the full KL);
-- ``score``: the user's scorer (``eval.scorer_regex`` or ``eval.scorer``) on the final answer.
-The teacher's own agreement and KL are 1 and 0 by definition.
+- ``score``: the behaviour's scorer on the final answer.
+The teacher's own agreement and KL are 1 and 0 by definition (its answers are the reference).
 
-    reference = teach(model, tok, held_out, greedy_teacher_cfg)
-    result = evaluate(model, tok, held_out, reference, cfg.eval, "student")
+``evaluate_behaviours`` runs a set of conditions on every behaviour; ``distill`` and
+``evaluate_artifact`` both call it. ``forgetting`` is the check on prompts the context says nothing
+about: the student against the original model's own answers.
+
+    reference = Reference.from_targets(answer(model, tok, held_out, prompt, teacher_cfg.greedy(), rt), len(held_out))
+    result = evaluate(model, tok, held_out, reference, cfg.eval, "student", scorer, rt)
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .config import EvalConfig, InternalizeError, import_callable
+from .behaviours import Behaviour, Scorer
+from .config import CONDITIONS, EvalConfig
 from .data import Record
 from .decoding import Prefix, answer_logits, batches, generate
 from .losses import forward_kl, to_classes
 from .models import inference_mode, teacher_mode
-from .teacher import TeacherTargets
+from .runtime import Runtime
+from .targets import Reference
 from .views import prompt_ids
-
-Scorer = Callable[[Record, str], float]
-CONDITIONS = ("base", "teacher", "student")
 
 
 @dataclass
@@ -38,42 +39,27 @@ class ConditionResult:
     outputs: list[str]  # final answer per held-out input
 
 
-def load_scorer(cfg: EvalConfig) -> Scorer | None:
-    """The configured scorer, or None. Import and regex errors name the key and the fix."""
-    if cfg.scorer_regex:
-        try:
-            pattern = re.compile(cfg.scorer_regex)
-        except re.error as e:
-            raise InternalizeError(f"eval.scorer_regex={cfg.scorer_regex!r} is not a valid regex ({e})") from None
-        return lambda record, output: float(pattern.search(output) is not None)
-    if cfg.scorer:
-        fn = import_callable(cfg.scorer, "eval.scorer")
-        return lambda record, output: float(fn(record, output))
-    return None
-
-
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: TeacherTargets,
-             batch_size: int) -> float:
+def _mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: Reference, batch_size: int,
+             runtime: Runtime) -> float:
     """Token-weighted mean KL(teacher || model) over the reference answers (student view)."""
+    targets = reference.targets
     total, count = 0.0, 0
-    device = next(model.parameters()).device
-    prefix = Prefix.shared([v.prompt_ids for v in reference.student_views]).prefill(model)
-    for idx, batch in batches(reference.student_views, batch_size, tokenizer.pad_token_id, len(prefix)):
-        teacher_logp, teacher_ids = reference.stacked(idx, batch.answer_ids.shape[1])
-        logits = answer_logits(model, batch.to(device), prefix).cpu()
+    prefix = Prefix.shared([v.prompt_ids for v in targets.student_views]).prefill(model, runtime.device)
+    for idx, batch in batches(targets.student_views, batch_size, tokenizer.pad_token_id, len(prefix)):
+        teacher_logp, teacher_ids = targets.stacked(idx, batch.answer_ids.shape[1])
+        logits = answer_logits(model, batch.to(runtime.device), prefix).cpu()
         kl = forward_kl(to_classes(logits, teacher_ids), teacher_logp, batch.answer_mask)
         tokens = int(batch.answer_mask.sum())
         total, count = total + kl.item() * tokens, count + tokens
     return total / max(count, 1)
 
 
-def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
-             reference: TeacherTargets, cfg: EvalConfig, condition: str,
-             scorer: Scorer | None = None) -> ConditionResult:
+def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], reference: Reference,
+             cfg: EvalConfig, condition: str, scorer: Scorer | None, runtime: Runtime) -> ConditionResult:
     """Metrics and answers of one condition on held-out ``records``.
 
     ``reference`` is the greedy teacher on the same records. ``base`` and ``teacher`` run the frozen
@@ -83,17 +69,35 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
         raise ValueError(f"condition must be one of {CONDITIONS}")
     metrics: dict[str, Any] = {"n": len(records)}
     if condition == "teacher":
-        outputs = [answer or "" for answer in reference.all_answers]
+        outputs = [answer or "" for answer in reference.answers]
         metrics.update(agreement=1.0, kl=0.0)
     else:
         mode = teacher_mode if condition == "base" else inference_mode
         with mode(model):
             prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
-            generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, desc=condition)
+            generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
+                                   desc=condition)
             outputs = [samples[0].text for samples in generations]
-            metrics["agreement"] = _mean([float(outputs[i] == reference.all_answers[i])
-                                          for i in range(len(records)) if reference.all_answers[i] is not None])
-            metrics["kl"] = _mean_kl(model, tokenizer, reference, cfg.batch_size) if len(reference) else 0.0
+            metrics["agreement"] = _mean([float(out == ref) for out, ref in zip(outputs, reference.answers, strict=True)
+                                          if ref is not None])
+            metrics["kl"] = (_mean_kl(model, tokenizer, reference, cfg.batch_size, runtime)
+                             if len(reference.targets) else 0.0)
     if scorer is not None:
         metrics["score"] = _mean([scorer(r, out) for r, out in zip(records, outputs, strict=True)])
     return ConditionResult(metrics, outputs)
+
+
+def evaluate_behaviours(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour],
+                        references: list[Reference], cfg: EvalConfig, conditions: tuple[str, ...], runtime: Runtime,
+                        ) -> dict[str, dict[str, ConditionResult]]:
+    """``{behaviour: {condition: result}}`` for each of ``conditions`` on every behaviour's held-out inputs."""
+    return {b.name: {c: evaluate(model, tokenizer, b.held_out, ref, cfg, c, b.scorer, runtime) for c in conditions}
+            for b, ref in zip(behaviours, references, strict=True)}
+
+
+def forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, neutral: list[Record], original: Reference,
+               cfg: EvalConfig, runtime: Runtime) -> dict[str, Any]:
+    """How far the model has moved from the original on neutral prompts: agreement with the original's greedy
+    answers, and the mean per-token KL(original || model) on them."""
+    metrics = evaluate(model, tokenizer, neutral, original, cfg, "student", None, runtime).metrics
+    return {"n": len(neutral), "agreement_with_original": metrics["agreement"], "kl_original_student": metrics["kl"]}

@@ -9,7 +9,7 @@ once as a plain model and cached as safetensors under ``$INTERNALIZE_CACHE``
 With LoRA the teacher is the same weights with the adapters disabled (``teacher_mode``), never a
 second copy in memory.
 
-    model, tok = load_model(cfg.model)
+    model, tok = load_model(cfg.model, runtime)
     model = make_student(model, cfg.model)
     with teacher_mode(model):
         ...  # frozen teacher / base forward passes
@@ -31,6 +31,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import InternalizeError, ModelConfig
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ def _plain_copy_of_gguf(directory: Path, gguf_file: str) -> Path:
     return target
 
 
-def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load the model and tokenizer named by ``cfg.name`` (plain weights, ready to train or save)."""
+def load_model(cfg: ModelConfig, runtime: Runtime | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load the model and tokenizer named by ``cfg.name`` onto ``runtime.device`` (default: a one-process
+    runtime on ``cfg.device``); plain weights, ready to train or save."""
     directory, gguf_file = resolve_model_path(cfg.name)
     if gguf_file is not None:
         directory = _plain_copy_of_gguf(directory, gguf_file)
@@ -118,9 +120,8 @@ def load_model(cfg: ModelConfig) -> tuple[PreTrainedModel, PreTrainedTokenizerBa
     if tokenizer.chat_template is None:
         raise InternalizeError(f"model.name='{cfg.name}': the tokenizer has no chat template; use an instruct model")
     model.config.use_cache = True
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     try:
-        model.to(device)
+        model.to((runtime or Runtime.local(cfg.device)).device)
     except (RuntimeError, AssertionError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InternalizeError(f"model.device='{cfg.device}' is not usable here ({reason}); use auto or cpu") from None

@@ -1,11 +1,13 @@
 """Report: ``metrics.json``, ``run.json``, plots and ``report.md`` for one run directory.
 
-``metrics.json`` holds ``{"base": {...}, "teacher": {...}, "student": {...}}``; ``run.json`` the
-timings and counts; ``answers.jsonl`` every held-out input with each condition's final answer;
-``metrics.png`` a bar plot of the three conditions; ``loss.png`` the loss
-curve; ``report.md`` the table, both plots and side-by-side generations.
+``metrics.json`` holds ``{behaviour: {"base": {...}, "teacher": {...}, "student": {...}}}`` (one
+behaviour, named ``main`` unless the config names it, or several); ``run.json`` the timings and
+counts; ``answers.jsonl`` every held-out input with each condition's final answer; ``metrics.png``
+a bar plot of the three conditions (per behaviour when there are several); ``loss.png`` the loss
+curve; ``report.md`` the tables, both plots, the forgetting check, the chain of runs and
+side-by-side generations.
 
-    write_report(out_dir, {"main": results}, history, {"main": held_out}, info, cfg)
+    write_report(out_dir, {"main": {"base": r0, "teacher": r1, "student": r2}}, behaviours, history, info, cfg)
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import Config, TeacherConfig
+from .behaviours import Behaviour
+from .config import CONDITIONS, Config, PromptConfig
 from .data import Record, write_jsonl
-from .evaluation import CONDITIONS, ConditionResult
+from .evaluation import ConditionResult
 
 COLORS = {"base": "#9e9e9e", "teacher": "#1f77b4", "student": "#ff7f0e"}
 LABELS = {"score": "score (user scorer)", "agreement": "agreement with teacher", "kl": "KL(teacher || model)"}
@@ -95,14 +98,14 @@ def _plot_behaviours(metrics: dict[str, dict[str, dict[str, float]]], path: Path
     plt.close(fig)
 
 
-def _context_lines(teacher: TeacherConfig) -> list[str]:
-    text = teacher.context.strip() or ("(demonstrations only)" if teacher.demonstrations else "(none)")
-    turns = f"{len(teacher.demonstrations)} demonstration" + (
-        "(s) as text in the context" if teacher.demonstration_template else " turn(s)")
-    if len(teacher.split()) > 1:
-        how = "averaged token by token" if teacher.combine == "average" else "input i taught by context i mod n"
-        turns += f" in {len(teacher.split())} contexts of up to {teacher.demonstrations_per_context} ({how})"
-    return ["Context:", "", *[f"> {line}" for line in text.splitlines()], "", f"{turns}, position `{teacher.position}`.", ""]
+def _context_lines(prompt: PromptConfig) -> list[str]:
+    text = prompt.context.strip() or ("(demonstrations only)" if prompt.demonstrations else "(none)")
+    turns = f"{len(prompt.demonstrations)} demonstration" + (
+        "(s) as text in the context" if prompt.demonstration_template else " turn(s)")
+    if len(prompt.split()) > 1:
+        how = "averaged token by token" if prompt.combine == "average" else "input i taught by context i mod n"
+        turns += f" in {len(prompt.split())} contexts of up to {prompt.demonstrations_per_context} ({how})"
+    return ["Context:", "", *[f"> {line}" for line in text.splitlines()], "", f"{turns}, position `{prompt.position}`.", ""]
 
 
 def _table(metrics: dict[str, dict[str, float]]) -> list[str]:
@@ -138,45 +141,40 @@ def _chain(origin: dict[str, Any] | None) -> list[str]:
         else []
 
 
-def _write_answers(path: Path, results: dict[str, dict[str, ConditionResult]], held_out: dict[str, list[Record]]) -> None:
+def _write_answers(path: Path, results: dict[str, dict[str, ConditionResult]], behaviours: list[Behaviour]) -> None:
     """Every held-out input with the final answer of each condition, one JSON object per line."""
-    write_jsonl(path, [{**({"behaviour": name} if len(results) > 1 else {}), "input": record["input"],
-                        **{c: r[c].outputs[i] for c in CONDITIONS}}
-                       for name, r in results.items() for i, record in enumerate(held_out[name])])
+    write_jsonl(path, [{**({"behaviour": b.name} if len(behaviours) > 1 else {}), "input": record["input"],
+                        **{c: results[b.name][c].outputs[i] for c in CONDITIONS}}
+                       for b in behaviours for i, record in enumerate(b.held_out)])
 
 
-def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], history: list[dict[str, float]],
-                 held_out: dict[str, list[Record]], info: dict[str, Any], cfg: Config) -> dict[str, Any]:
+def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], behaviours: list[Behaviour],
+                 history: list[dict[str, float]], info: dict[str, Any], cfg: Config) -> dict[str, Any]:
     """Write metrics.json, run.json, answers.jsonl, metrics.png, loss.png and report.md into ``out``.
 
-    ``results`` and ``held_out`` are per behaviour; with one behaviour, metrics.json is
-    ``{base, teacher, student}``, with several ``{behaviour: {base, teacher, student}}``.
-    """
-    per_task = {name: {c: r[c].metrics for c in CONDITIONS} for name, r in results.items()}
-    metrics: dict[str, Any] = next(iter(per_task.values())) if len(per_task) == 1 else per_task
+    ``results`` is ``{behaviour: {condition: result}}``; returns the metrics as written to metrics.json."""
+    metrics = {name: {c: r[c].metrics for c in CONDITIONS} for name, r in results.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    _write_answers(out / "answers.jsonl", results, held_out)
-    if len(per_task) == 1:
-        _plot_metrics(metrics, out / "metrics.png")
+    _write_answers(out / "answers.jsonl", results, behaviours)
+    if len(metrics) == 1:
+        _plot_metrics(next(iter(metrics.values())), out / "metrics.png")
     else:
-        _plot_behaviours(per_task, out / "metrics.png")
+        _plot_behaviours(metrics, out / "metrics.png")
     if history:
         _plot_loss(history, out / "loss.png")
-    teachers = {e["name"]: cfg.teacher.for_context(e) for e in cfg.teacher.contexts} or {"main": cfg.teacher}
     lines = [
         "# internalize report",
         "",
         f"Model `{cfg.model.name}` ({cfg.model.finetune}), {info.get('train_answers', 0)} teacher answers for training, "
-        f"{sum(map(len, held_out.values()))} held-out inputs.",
+        f"{sum(len(b.held_out) for b in behaviours)} held-out inputs.",
         "",
     ]
     lines += _chain(info.get("started_from"))
-    if len(per_task) == 1:
-        lines += _context_lines(cfg.teacher) + _table(metrics)
-    else:
-        for name, m in per_task.items():
-            lines += [f"## Behaviour `{name}`", "", *_context_lines(teachers[name]), *_table(m)]
+    for b in behaviours:
+        if len(behaviours) > 1:
+            lines += [f"## Behaviour `{b.name}`", ""]
+        lines += [*_context_lines(b.prompt), *_table(metrics[b.name])]
     lines += ["base and student answer without the context; the teacher has it.", "", "![metrics](metrics.png)", ""]
     if history:
         lines += ["![loss](loss.png)", "", f"Loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} "
@@ -198,9 +196,9 @@ def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], hist
                   f"`{info['teacher_cache']['dir']}` (same weights, context, inputs and teacher settings).", ""]
     if info.get("timings"):
         lines += ["Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in info["timings"].items()) + ".", ""]
-    for name, r in results.items():
-        side = _side_by_side(r, held_out[name], cfg.eval.num_examples)
+    for b in behaviours:
+        side = _side_by_side(results[b.name], b.held_out, cfg.eval.num_examples)
         if side:
-            lines += ["## Side by side" + (f": `{name}`" if len(results) > 1 else ""), "", *side]
+            lines += ["## Side by side" + (f": `{b.name}`" if len(behaviours) > 1 else ""), "", *side]
     (out / "report.md").write_text("\n".join(lines))
     return metrics

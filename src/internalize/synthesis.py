@@ -9,7 +9,7 @@ target count, or after ``max_batches`` with a message saying what was reached an
 The JSONL and a provenance record (model, prompt, settings, summary) are written atomically.
 
     internalize synthesize examples/over_synth.yaml        # -> OUT/synthesized.jsonl
-    records, summary = synthesize(model, tokenizer, cfg.data.synthesize, "out.jsonl", model_name)
+    records, summary = synthesize(model, tokenizer, cfg.data.synthesize, "out.jsonl", runtime, model_name)
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from .config import InternalizeError, SynthesizeConfig, import_callable
 from .data import Record, write_atomic, write_jsonl
 from .decoding import generate
 from .models import inference_mode
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -155,22 +156,22 @@ def check_writable(path: Path) -> None:
         raise InternalizeError(f"data.synthesize.output='{path}' is not writable ({e.strerror}); choose another path") from None
 
 
-def check_synthesis(cfg: SynthesizeConfig, output: Path) -> Callable[[str], bool] | None:
-    """Everything that can be checked before loading a model: seeds, validator, output path.
-
-    Returns the validator (or None)."""
+def check_synthesis(cfg: SynthesizeConfig, output: Path, search: tuple[Path | None, ...] = ()) -> Callable[[str], bool] | None:
+    """Everything that can be checked before loading a model: seeds, validator (imported from ``search``
+    or the working directory), output path. Returns the validator (or None)."""
     if not cfg.seeds:
         raise InternalizeError("data.synthesize.seeds is empty; give a few real example inputs")
-    validator = import_callable(cfg.validator, "data.synthesize.validator") if cfg.validator else None
+    validator = import_callable(cfg.validator, "data.synthesize.validator", search) if cfg.validator else None
     check_writable(output)
     return validator
 
 
 def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: SynthesizeConfig, output: str | Path,
-               model_name: str = "") -> tuple[list[Record], dict[str, Any]]:
+               runtime: Runtime, model_name: str = "", search: tuple[Path | None, ...] = (),
+               ) -> tuple[list[Record], dict[str, Any]]:
     """Generate ``cfg.count`` filtered inputs; write JSONL + provenance; return (records, summary)."""
     output = Path(output)
-    keep = InputFilter(cfg, check_synthesis(cfg, output))
+    keep = InputFilter(cfg, check_synthesis(cfg, output, search))
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     max_batches = cfg.max_batches or 5 * math.ceil(cfg.count / cfg.batch_size)
@@ -183,7 +184,7 @@ def synthesize(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, cfg: 
                 shown = rng.sample(cfg.seeds, min(cfg.seeds_per_prompt, len(cfg.seeds)))
                 rendered = synthesis_prompt(tokenizer, cfg.task, shown)
                 prompts.append(tuple(tokenizer(rendered, add_special_tokens=False).input_ids))
-            outs = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, do_sample=True,
+            outs = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device, do_sample=True,
                             temperature=cfg.temperature, top_p=cfg.top_p, desc="synthesize: batch")
             batches += 1
             lines = [c for samples in outs for g in samples for c in candidate_lines(g.text, g.finished)]

@@ -14,10 +14,12 @@ on disk (``cache``) for later runs.
 Demonstrations split over several contexts (``teacher.demonstrations_per_context``) teach either
 as one averaged teacher (its next-token distribution is the mean of the contexts', while
 generating and while scoring) or routed (input i to context i mod n). ``given_answers`` takes the
-answers from the records instead (``train.targets=data``: plain fine-tuning, no teacher run).
+answers from the records instead (``train.targets=data``: plain fine-tuning, no teacher run), and
+``score`` gives the teacher's distributions over answers it did not write.
 
-    targets = teach(model, tokenizer, records, cfg.teacher)
+    targets = answer(model, tokenizer, records, behaviour.prompt, cfg.teacher, runtime)
     targets.student_views[i], targets.logp[i]  # [A_i, k + 1]
+    dists = score(model, tokenizer, views, top_k=128, batch_size=64, runtime=runtime)
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,11 +34,13 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import cache
-from .config import InternalizeError, TeacherConfig
+from .config import InternalizeError, PromptConfig, TeacherConfig
 from .data import Record
-from .decoding import Prefix, answer_logits, batches, generate, mean_over_contexts, topk_with_tail
+from .decoding import Prefix, answer_logits, batches, generate, mean_over_contexts
 from .models import cache_root, teacher_mode
-from .views import View, answer_ids, pad_stack, prompt_ids
+from .runtime import Runtime
+from .targets import Targets, topk_with_tail
+from .views import View, answer_ids, prompt_ids
 
 log = logging.getLogger(__name__)
 
@@ -71,57 +74,6 @@ def extract_answer(generation: str, extractor: str, pattern: str) -> tuple[str, 
     return (prefix, answer) if answer else None
 
 
-@dataclass
-class TeacherTargets:
-    """The teacher's answers and distributions for the kept (input, sample) pairs."""
-
-    records: list[Record] = field(default_factory=list)  # the input record of each kept sample
-    source: list[int] = field(default_factory=list)  # index of that record in the input list
-    generations: list[str] = field(default_factory=list)  # full teacher generation (scratch-pad + answer)
-    answers: list[str] = field(default_factory=list)  # extracted final answer
-    teacher_views: list[View] = field(default_factory=list)
-    student_views: list[View] = field(default_factory=list)
-    logp: list[torch.Tensor] = field(default_factory=list)  # [A_i, C] fp32 log-probs (C = k + 1 or V)
-    ids: list[torch.Tensor] | None = None  # [A_i, k] top-k ids, None for the full vocabulary
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
-    all_answers: list[str | None] = field(default_factory=list)  # first sample's answer per input (None = dropped)
-    cache_hit: bool = False  # loaded from the teacher cache rather than computed
-
-    def __len__(self) -> int:
-        return len(self.answers)
-
-    @classmethod
-    def concat(cls, parts: list[TeacherTargets]) -> TeacherTargets:
-        """The targets of several teachers (one per context) as one training set."""
-        if len(parts) == 1:
-            return parts[0]
-        out = cls(ids=None if any(p.ids is None for p in parts) else [])
-        for p in parts:
-            for name in ("records", "source", "generations", "answers", "teacher_views", "student_views", "logp",
-                         "all_answers"):
-                getattr(out, name).extend(getattr(p, name))
-            if out.ids is not None:
-                out.ids.extend(p.ids)
-            for reason, n in p.dropped.items():
-                out.dropped[reason] = out.dropped.get(reason, 0) + n
-        return out
-
-    def keep(self, record: Record, source: int, generation: str, answer: str, view: View,
-             student_prompt: tuple[int, ...]) -> None:
-        """Add one kept sample: its record, the teacher's text and answer, and both aligned views."""
-        self.records.append(record)
-        self.source.append(source)
-        self.generations.append(generation)
-        self.answers.append(answer)
-        self.teacher_views.append(view)
-        self.student_views.append(View(student_prompt, view.answer_ids))
-
-    def stacked(self, idx: list[int], length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher log-probs [B, length, C] and top-k ids [B, length, k] (or None) for samples ``idx``."""
-        logp = pad_stack([self.logp[i] for i in idx], length)
-        return logp, None if self.ids is None else pad_stack([self.ids[i] for i in idx], length)
-
-
 def cache_dir(cfg: TeacherConfig) -> Path | None:
     """Where this teacher's targets are cached (None: caching is off)."""
     if not cfg.cache_dir:
@@ -129,77 +81,69 @@ def cache_dir(cfg: TeacherConfig) -> Path | None:
     return cache_root() / "teacher" if cfg.cache_dir == "auto" else Path(cfg.cache_dir).expanduser()
 
 
-def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: TeacherConfig,
-          desc: str = "teacher", with_context: bool = True) -> TeacherTargets:
+def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
+           prompt: PromptConfig | None, cfg: TeacherConfig, runtime: Runtime, desc: str = "teacher") -> Targets:
     """Run the teacher on ``records`` (or reuse its cached run): generate, extract, keep the distributions.
 
-    ``with_context=False`` gives the frozen base model's own answers and distributions (the
-    reference of the forgetting check)."""
+    ``prompt`` None: the frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
-    contexts = cfg.split() if with_context else [None]
-    group = len(contexts) if cfg.combine == "average" else 1  # prompts per input, averaged
+    contexts = prompt.split() if prompt is not None else [None]
+    group = len(contexts) if prompt is not None and prompt.combine == "average" else 1  # prompts per input, averaged
     if group > 1:
         prompts = [prompt_ids(tokenizer, r["input"], c) for r in records for c in contexts]
     else:  # one context per input: the only one, or routed (input i to context i mod n)
         prompts = [prompt_ids(tokenizer, r["input"], contexts[i % len(contexts)]) for i, r in enumerate(records)]
     where = cache_dir(cfg)
     if where is not None:
-        with teacher_mode(model):
-            key = cache.cache_key(model, prompts, records, cfg, tokenizer.eos_token_id)
+        key = cache.cache_key(model, prompts, records, cfg, tokenizer.eos_token_id)
         cached = cache.load(where, key)
         if cached is not None:
             log.info("%s: reused the teacher's targets from %s", desc, where / key)
             cached.cache_hit = True
             return cached
-    targets = TeacherTargets(ids=[] if top_k else None)
+    targets = Targets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
     rescore: list[View] = []  # kept answers whose tokens differ from the generation's, under each averaged context
     pending: list[int] = []  # their places in targets.logp
     with teacher_mode(model), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.do_sample,
+        samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device, cfg.do_sample,
                            cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, group=group,
                            desc=f"{desc}: generate")
         student_prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
         for i, (record, outs) in enumerate(zip(records, samples, strict=True)):
-            prompt = prompts[i * group]  # the teacher view keeps the first context's prompt
-            for n, gen in enumerate(outs):
-                split = extract_answer(gen.text, cfg.extractor, cfg.extract_pattern) if gen.finished else None
-                if n == 0:
-                    targets.all_answers.append(split[1] if split else None)
+            prompt_i = prompts[i * group]  # the teacher view keeps the first context's prompt
+            for gen in outs:
                 if not gen.finished:
                     dropped["unfinished (raise teacher.max_new_tokens)"] += 1
                     continue
+                split = extract_answer(gen.text, cfg.extractor, cfg.extract_pattern)
                 if split is None:
                     dropped["answer not extracted"] += 1
                     continue
-                scratch, answer = split
+                scratch, final = split
                 if cfg.extractor == "none":  # the answer is the generation
-                    scratch_tok, view = (), View(prompt, gen.ids)
+                    scratch_tok, view = (), View(prompt_i, gen.ids)
                 else:
                     # spaces before the answer go with it ("...negative:" + " rainy"), as the teacher wrote
                     # them: a scratch-pad ending in a lone space token is a state the teacher never saw
                     body = scratch.rstrip(" ")
                     scratch_tok = tuple(tokenizer(body, add_special_tokens=False).input_ids) if body else ()
-                    view = View(prompt + scratch_tok, answer_ids(tokenizer, scratch[len(body):] + answer))
+                    view = View(prompt_i + scratch_tok, answer_ids(tokenizer, scratch[len(body):] + final))
                 if gen.logp is not None and gen.ids == scratch_tok + view.answer_ids:  # as generated: reuse
-                    targets.logp.append(gen.logp[len(scratch_tok):])
-                    if targets.ids is not None:
-                        targets.ids.append(gen.top[len(scratch_tok):])
+                    logp, ids = gen.logp[len(scratch_tok):], None if gen.top is None else gen.top[len(scratch_tok):]
                 else:  # re-tokenized differently (or cut before the end): score the answer as the student sees it
-                    pending.append(len(targets.logp))
-                    targets.logp.append(None)
-                    if targets.ids is not None:
-                        targets.ids.append(None)
+                    pending.append(len(targets))
+                    logp = ids = None
                     rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
-                targets.keep(record, i, gen.text, answer, view, student_prompts[i])
+                targets.keep(record, i, gen.text, final, view, student_prompts[i], logp, ids)
         targets.dropped = dict(dropped)
         if dropped:
             log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
                         sum(map(len, samples)), dict(dropped))
         if rescore:
-            for at, (logp, ids) in zip(pending, _score(model, tokenizer, rescore, top_k, cfg.batch_size, desc, group),
-                                       strict=True):
+            for at, (logp, ids) in zip(pending, score(model, tokenizer, rescore, top_k, cfg.batch_size, runtime, desc,
+                                                      group), strict=True):
                 targets.logp[at] = logp
                 if targets.ids is not None:
                     targets.ids[at] = ids
@@ -211,36 +155,36 @@ def teach(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: l
     return targets
 
 
-def given_answers(tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: TeacherConfig,
-                  where: str = "the training file") -> TeacherTargets:
+def given_answers(tokenizer: PreTrainedTokenizerBase, records: list[Record], prompt: PromptConfig | None,
+                  where: str = "the training file") -> Targets:
     """Targets from each record's ``output`` text, for hard-label fine-tuning (``train.targets=data``).
 
     No model runs: the answers are given, so there are no teacher distributions (zero-width log-probs)."""
-    targets = TeacherTargets(ids=None)
+    targets = Targets(ids=None)
     for i, record in enumerate(records):
         output = record.get("output")
         if not isinstance(output, str) or not output.strip():
             raise InternalizeError(f"{where}: record {i + 1} has no 'output' text; train.targets=data needs "
                                    "{\"input\": ..., \"output\": ...} on every line")
-        answer = output.strip()
-        view = View(prompt_ids(tokenizer, record["input"], cfg), answer_ids(tokenizer, answer))
-        targets.keep(record, i, answer, answer, view, prompt_ids(tokenizer, record["input"]))
-        targets.all_answers.append(answer)
-        targets.logp.append(torch.zeros(len(view.answer_ids), 0))
+        given = output.strip()
+        view = View(prompt_ids(tokenizer, record["input"], prompt), answer_ids(tokenizer, given))
+        targets.keep(record, i, given, given, view, prompt_ids(tokenizer, record["input"]),
+                     torch.zeros(len(view.answer_ids), 0))
     return targets
 
 
-def _score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, views: list[View], top_k: int,
-           batch_size: int, desc: str, group: int = 1) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, views: list[View], top_k: int,
+          batch_size: int, runtime: Runtime, desc: str = "teacher", group: int = 1,
+          ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The model's log-probs on each view's answer tokens: [A_i, k + 1] and [A_i, k] ids (or [A_i, V], None).
 
-    ``group`` > 1: runs of ``group`` views (one answer under several contexts) give one result, the mean."""
-    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model)
-    device = next(model.parameters()).device
+    Runs the model as it is (call under ``teacher_mode`` for the frozen teacher). ``group`` > 1: runs of
+    ``group`` views (one answer under several contexts) give one result, the mean."""
+    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model, runtime.device)
     scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for idx, batch in tqdm(batches(views, batch_size, tokenizer.pad_token_id, len(prefix), group),
                            desc=f"{desc}: score", unit="batch", disable=None):
-        logits = answer_logits(model, batch.to(device), prefix).float()
+        logits = answer_logits(model, batch.to(runtime.device), prefix).float()
         logp = mean_over_contexts(torch.log_softmax(logits, dim=-1), group).cpu()
         for row, i in enumerate(idx[::group]):
             scored[i // group] = topk_with_tail(logp[row, : len(views[i].answer_ids)], top_k)

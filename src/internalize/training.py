@@ -1,14 +1,18 @@
 """Training: one readable loop that fits the student (input alone) to the teacher's distributions.
 
-Setup (AdamW over the trainable parameters, warmup then cosine or constant schedule), loop
-(micro-batches with gradient accumulation, clipping, a tqdm bar showing the loss), and a loss
-history the report plots. The teacher is not run here: its distributions were computed by
-``teacher.teach`` before training. Micro-batches are length-bucketed (shuffled, then sorted by
-length within pools of ``train.length_buckets`` micro-batches) so little compute goes to padding,
-and the prompt prefix every student view shares (chat header, default system prompt) runs once
-per micro-batch, with gradients, instead of once per sequence.
+``fit(model, batches, cfg, runtime, state)`` runs AdamW over the trainable parameters (warmup, then
+a cosine or constant schedule) on micro-batches from a batch source (``sources``: precomputed
+teacher targets, or later on-policy samples), with gradient accumulation, clipping and a tqdm bar
+showing the loss. The loss of a step is normalised by the answer-token count of its whole
+accumulation window, so every answer token weighs the same however the tokens fall into
+micro-batches (length bucketing makes their counts differ). The prompt prefix every student view
+shares (chat header, default system prompt) runs once per micro-batch, with gradients.
 
-    history = fit(student, tokenizer, targets, cfg.train)
+Everything a resumed run needs is in the ``TrainState`` passed in and returned: the step, the loss
+history, and the optimizer's, scheduler's, source's and random number generator's states.
+
+    state = fit(student, OfflineBatches(targets, pad_id, 8, 16), cfg.train, runtime)
+    state.history  # [{step, loss, lr, padding}, ...]
 """
 
 from __future__ import annotations
@@ -16,19 +20,32 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from .config import TrainConfig
-from .decoding import Prefix, answer_logits, collate
+from .decoding import answer_logits
 from .losses import distillation_loss
-from .teacher import TeacherTargets
-from .views import View
+from .runtime import Runtime
+from .sources import BatchSource
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands: enough, with the model's weights, to continue it exactly."""
+
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per step
+    optimizer: dict[str, Any] | None = None  # state dicts, None before the first step
+    scheduler: dict[str, Any] | None = None
+    batches: dict[str, Any] | None = None
+    rng: torch.Tensor | None = None  # torch's CPU generator (dropout, sampling)
 
 
 def _schedule(step: int, total: int, warmup: int, kind: str) -> float:
@@ -47,64 +64,47 @@ def num_steps(num_examples: int, cfg: TrainConfig) -> int:
     return cfg.epochs * max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum)))
 
 
-def micro_batches(views: list[View], batch_size: int, buckets: int, generator: torch.Generator) -> Iterator[list[int]]:
-    """Endless epochs of shuffled micro-batches (indices into ``views``), length-bucketed.
+def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime: Runtime,
+        state: TrainState | None = None, stop_at: int | None = None) -> TrainState:
+    """Train ``model`` in place from ``state`` (default: a fresh start) to the last step, or to ``stop_at``.
 
-    Each epoch is a random permutation cut into pools of ``buckets`` micro-batches; a pool is sorted
-    by sequence length before it is cut into micro-batches, and the micro-batches are shuffled again.
-    ``buckets=1`` is plain shuffling.
-    """
-    def length(i: int) -> int:
-        return len(views[i].prompt_ids) + len(views[i].answer_ids)
-
-    while True:
-        order = torch.randperm(len(views), generator=generator).tolist()
-        chunks = []
-        for start in range(0, len(order), batch_size * buckets):
-            pool = sorted(order[start : start + batch_size * buckets], key=length)
-            chunks += [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
-        yield from (chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist())
-
-
-def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: TeacherTargets,
-        cfg: TrainConfig) -> list[dict[str, float]]:
-    """Train ``model`` in place; returns the history [{step, loss, lr}, ...]."""
+    Returns the state after the last step taken; passing it back (with the same model) continues the run."""
     # setup
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = num_steps(len(targets), cfg)
+    total = num_steps(batches.num_examples, cfg)
     warmup = int(cfg.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total, warmup, cfg.schedule))
-    device = next(model.parameters()).device
-    log.info("training %d steps on %d teacher answers (%d trainable parameters)", total, len(targets),
-             sum(p.numel() for p in params))
+    if state.optimizer is None:
+        torch.manual_seed(cfg.seed)
+    else:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        batches.load_state_dict(state.batches)
+        torch.set_rng_state(state.rng)
+    end = total if stop_at is None else min(stop_at, total)
+    log.info("training steps %d-%d of %d on %d examples (%d trainable parameters)", state.step + 1, end, total,
+             batches.num_examples, sum(p.numel() for p in params))
 
-    views = targets.student_views
-    shared = Prefix.shared([v.prompt_ids for v in views])
-
-    stream = micro_batches(views, cfg.batch_size, cfg.length_buckets, generator)
-    history: list[dict[str, float]] = []
     model.train()
-    bar = tqdm(range(total), desc="train", unit="step", disable=None)
+    first = state.step
+    bar = tqdm(range(first, end), desc="train", unit="step", disable=None if runtime.is_main else True)
     started = time.perf_counter()
     # loop
     for step in bar:
-        loss_sum = torch.zeros((), device=device)
-        padding = 0.0
-        for _ in range(cfg.grad_accum):
-            idx = next(stream)
-            batch = collate([views[i] for i in idx], tokenizer.pad_token_id, len(shared)).to(device)
-            padding += batch.padding_share / cfg.grad_accum
-            teacher_logp, teacher_ids = targets.stacked(idx, batch.answer_ids.shape[1])
-            teacher_logp = teacher_logp.to(device)
-            teacher_ids = None if teacher_ids is None else teacher_ids.to(device)
-            logits = answer_logits(model, batch, shared.prefill(model))
-            loss = distillation_loss(logits, teacher_logp, teacher_ids, batch.answer_ids, batch.answer_mask,
-                                     cfg.loss, cfg.jsd_beta, cfg.ce_weight)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach() / cfg.grad_accum
+        window = [next(batches) for _ in range(cfg.grad_accum)]
+        tokens = runtime.sum(torch.tensor(float(sum(mb.tokens for mb in window)), device=runtime.device)).clamp(min=1)
+        loss_sum = torch.zeros((), device=runtime.device)
+        for mb in window:
+            batch = mb.batch.to(runtime.device)
+            teacher_ids = None if mb.teacher_ids is None else mb.teacher_ids.to(runtime.device)
+            logits = answer_logits(model, batch, mb.prefix.prefill(model, runtime.device))
+            loss = distillation_loss(logits, mb.teacher_logp.to(runtime.device), teacher_ids, batch.answer_ids,
+                                     batch.answer_mask, cfg.loss, cfg.jsd_beta, cfg.ce_weight)
+            share = mb.tokens / tokens  # the micro-batch's share of the window's answer tokens
+            (loss * share * runtime.num_processes).backward()  # gradients are averaged over processes
+            loss_sum += loss.detach() * share
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         lr = scheduler.get_last_lr()[0]  # the rate this step used
@@ -112,12 +112,16 @@ def fit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Tea
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         # log
-        record = {"step": step + 1, "loss": loss_sum.item(), "lr": lr, "padding": round(padding, 4)}
-        history.append(record)
+        padding = sum(mb.batch.padding_share for mb in window) / len(window)
+        record = {"step": step + 1, "loss": runtime.sum(loss_sum).item(), "lr": lr, "padding": round(padding, 4)}
+        state.history.append(record)
+        state.step = step + 1
         bar.set_postfix(loss=f"{record['loss']:.4f}")
-        if (step + 1) % max(1, total // 10) == 0 and step + 1 < total:  # progress in logs too (no tty, no bar)
+        if (step + 1) % max(1, total // 10) == 0 and step + 1 < total and runtime.is_main:  # progress in logs too
             elapsed = time.perf_counter() - started
             log.info("step %d/%d, loss %.4f, %.0f s, about %.0f s left", step + 1, total, record["loss"], elapsed,
-                     elapsed / (step + 1) * (total - step - 1))
+                     elapsed / (step + 1 - first) * (end - step - 1))
     model.eval()
-    return history
+    state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+    state.batches, state.rng = batches.state_dict(), torch.get_rng_state()
+    return state

@@ -7,7 +7,7 @@ the input alone. Both end with the same answer ids (the answer tokenized on its 
 end-of-turn token), so answer token j has the same id and the same relative position in both:
 ``decoding.answer_logits`` returns ``[B, A, V]`` logits aligned on j for either view.
 
-    t = View(prompt_ids(tok, "Hi", teacher_cfg), answer_ids(tok, "Hello. Over."))
+    t = View(prompt_ids(tok, "Hi", behaviour.prompt), answer_ids(tok, "Hello. Over."))
     s = View(prompt_ids(tok, "Hi"), t.answer_ids)
 """
 
@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
-from .config import TeacherConfig
+from .config import PromptConfig
 
 
 @dataclass(frozen=True)
@@ -29,42 +28,33 @@ class View:
     answer_ids: tuple[int, ...]
 
 
-def chat_messages(text: str, teacher: TeacherConfig | None = None) -> list[dict[str, str]]:
-    """Chat turns for an input; with ``teacher`` the context is placed as configured."""
-    if teacher is None:
+def chat_messages(text: str, prompt: PromptConfig | None = None) -> list[dict[str, str]]:
+    """Chat turns for an input; with ``prompt`` the context is placed as configured."""
+    if prompt is None:
         return [{"role": "user", "content": text}]
-    context, demos = teacher.context.strip(), teacher.demonstrations
-    if teacher.demonstration_template:  # the demonstrations as text after the context, not as turns
-        shown = [teacher.demonstration_template.format(**demo) for demo in demos]
+    context, demos = prompt.context.strip(), prompt.demonstrations
+    if prompt.demonstration_template:  # the demonstrations as text after the context, not as turns
+        shown = [prompt.demonstration_template.format(**demo) for demo in demos]
         context, demos = "\n\n".join([context, *shown] if context else shown), []
     messages = []
-    if context and teacher.position == "system":
+    if context and prompt.position == "system":
         messages.append({"role": "system", "content": context})
     for demo in demos:
         messages += [{"role": "user", "content": demo["input"]}, {"role": "assistant", "content": demo["output"]}]
-    if context and teacher.position == "before_input":
+    if context and prompt.position == "before_input":
         text = f"{context}\n\n{text}"
-    elif context and teacher.position == "after_input":
+    elif context and prompt.position == "after_input":
         text = f"{text}\n\n{context}"
     messages.append({"role": "user", "content": text})
     return messages
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str, teacher: TeacherConfig | None = None) -> tuple[int, ...]:
-    """Token ids of the chat prompt up to the assistant's turn (student view if no teacher)."""
-    rendered = tokenizer.apply_chat_template(chat_messages(text, teacher), tokenize=False, add_generation_prompt=True)
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str, prompt: PromptConfig | None = None) -> tuple[int, ...]:
+    """Token ids of the chat prompt up to the assistant's turn (the student's view without ``prompt``)."""
+    rendered = tokenizer.apply_chat_template(chat_messages(text, prompt), tokenize=False, add_generation_prompt=True)
     return tuple(tokenizer(rendered, add_special_tokens=False).input_ids)
 
 
 def answer_ids(tokenizer: PreTrainedTokenizerBase, answer: str) -> tuple[int, ...]:
     """The answer tokenized on its own, then the end-of-turn token: identical in both views."""
     return tuple(tokenizer(answer, add_special_tokens=False).input_ids) + (tokenizer.eos_token_id,)
-
-
-def pad_stack(rows: list[torch.Tensor], length: int) -> torch.Tensor:
-    """Stack per-view [A_i, C] tensors into [B, length, C], zero-padded (padding is masked out)."""
-    out = rows[0].new_zeros((len(rows), length, rows[0].shape[-1]))
-    for b, row in enumerate(rows):
-        out[b, : row.shape[0]] = row
-    return out
-
