@@ -2,12 +2,12 @@
 
 For contexts of about 256 to 4,096 tokens (the main job's instruction followed by more and more
 demonstration turns), runs the teacher on held-out questions in one process: cached (the context
-computed once, ``decoding.Prefix``, on 16 questions) and uncached (``INTERNALIZE_NO_PREFIX_CACHE=1``:
-every prompt computed whole, on the first 4). Times generation (answers with their distributions)
-and scoring (``answer_logits`` over the teacher views). The cached per-input cost is reported both
-with the one-off prefix computation spread over the questions and without it (the marginal cost of
-one more input). Checks the two paths agree on the shared questions: same answers, max |log-prob
-difference|.
+computed once, ``decoding.Prefix``, on 16 questions) and uncached (``generate(..., share_prefix=False)``
+and ``Prefix.shared(..., share=False)``: every prompt computed whole, on the first 4). Times
+generation (answers with their distributions) and scoring (``answer_logits`` over the teacher
+views). The cached per-input cost is reported both with the one-off prefix computation spread over
+the questions and without it (the marginal cost of one more input). Checks the two paths agree on
+the shared questions: same answers, max |log-prob difference|.
 
     python benchmarks/prefix_cache.py            # SmolLM2-135M, 16 (4) questions, 12 new tokens
 """
@@ -29,6 +29,7 @@ from internalize.config import load_config
 from internalize.data import read_jsonl
 from internalize.decoding import Prefix, answer_logits, collate, generate
 from internalize.models import load_model, teacher_mode
+from internalize.runtime import Runtime
 from internalize.views import View, prompt_ids
 
 POOL = [  # demonstration turns that pad the context, in the main job's style
@@ -44,7 +45,7 @@ POOL = [  # demonstration turns that pad the context, in the main job's style
 
 
 def context_of(tokenizer, base, target: int):
-    """The main job's teacher config with demonstrations added until the prompt reaches ``target`` tokens."""
+    """The main job's prompt with demonstrations added until the prompt reaches ``target`` tokens."""
     demos = []
     while len(prompt_ids(tokenizer, "?", dataclasses.replace(base, demonstrations=demos))) < target:
         q, a = POOL[len(demos) % len(POOL)]
@@ -52,20 +53,20 @@ def context_of(tokenizer, base, target: int):
     return dataclasses.replace(base, demonstrations=demos)
 
 
-def run(model, tokenizer, teacher, questions, max_new_tokens: int, cached: bool) -> dict:
-    os.environ["INTERNALIZE_NO_PREFIX_CACHE"] = "0" if cached else "1"
+def run(model, tokenizer, teacher, questions, max_new_tokens: int, device, cached: bool) -> dict:
     prompts = [prompt_ids(tokenizer, q, teacher) for q in questions]
     with teacher_mode(model):
         start = time.perf_counter()
-        gens = generate(model, tokenizer, prompts, max_new_tokens, len(prompts), distributions=0, desc="generate")
+        gens = generate(model, tokenizer, prompts, max_new_tokens, len(prompts), device, distributions=0,
+                        desc="generate", share_prefix=cached)
         gen_s = time.perf_counter() - start
         views = [View(p, g[0].ids) for p, g in zip(prompts, gens, strict=True)]
         start = time.perf_counter()
-        prefix = Prefix.shared(prompts).prefill(model)
-        logits = answer_logits(model, collate(views, tokenizer.pad_token_id, len(prefix)), prefix)
+        prefix = Prefix.shared(prompts, share=cached).prefill(model, device)
+        logits = answer_logits(model, collate(views, tokenizer.pad_token_id, len(prefix)).to(device), prefix)
         score_s = time.perf_counter() - start
         start = time.perf_counter()
-        Prefix.shared(prompts).prefill(model)
+        Prefix.shared(prompts, share=cached).prefill(model, device)
         prefill_s = time.perf_counter() - start
     logp = [torch.log_softmax(logits[b, : len(v.answer_ids)].float(), -1) for b, v in enumerate(views)]
     return {"prompt_tokens": len(prompts[0]), "prefix_tokens": len(prefix), "generate_s": gen_s, "score_s": score_s,
@@ -81,14 +82,16 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/prefix_cache.json")
     args = parser.parse_args()
     cfg = load_config("examples/over.yaml")
-    model, tokenizer = load_model(cfg.model)
-    questions = [r["input"] for r in read_jsonl(cfg.data.eval_file, "data.eval_file")[: args.questions]]
+    runtime = Runtime.local(cfg.model.device)
+    model, tokenizer = load_model(cfg.model, runtime)
+    device, behaviour = runtime.device, cfg.behaviours[0]
+    questions = [r["input"] for r in read_jsonl(behaviour.eval_file, behaviour.key("eval_file"))[: args.questions]]
     rows = []
     for target in args.lengths:
-        teacher = context_of(tokenizer, cfg.teacher, target)
-        cached = run(model, tokenizer, teacher, questions, args.max_new_tokens, cached=True)
-        plain = run(model, tokenizer, teacher, questions[:4], args.max_new_tokens, cached=False)
-        small = run(model, tokenizer, teacher, questions[:4], args.max_new_tokens, cached=True)  # same batch as plain
+        teacher = context_of(tokenizer, behaviour.prompt, target)
+        cached = run(model, tokenizer, teacher, questions, args.max_new_tokens, device, cached=True)
+        plain = run(model, tokenizer, teacher, questions[:4], args.max_new_tokens, device, cached=False)
+        small = run(model, tokenizer, teacher, questions[:4], args.max_new_tokens, device, cached=True)  # same batch as plain
         diff = max(max((a - b).abs().max().item() for a, b in zip(small[k], plain[k], strict=True))
                    for k in ("gen_logp", "score_logp"))
         n, m = len(questions), 4

@@ -19,11 +19,15 @@ from pathlib import Path
 
 import torch
 
+from internalize.behaviours import load_scorer
 from internalize.config import load_config
-from internalize.data import read_inputs, split_inputs
-from internalize.evaluation import evaluate, load_scorer
+from internalize.data import load_inputs
+from internalize.evaluation import evaluate
 from internalize.models import load_model, make_student
-from internalize.teacher import teach
+from internalize.runtime import Runtime
+from internalize.sources import OfflineBatches
+from internalize.targets import Reference
+from internalize.teacher import answer
 from internalize.training import fit
 
 DEFAULT = ["lr=5e-4,epochs=2", "lr=5e-4,epochs=1", "lr=1e-3,epochs=1", "lr=2e-3,max_steps=8",
@@ -37,25 +41,30 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/recipe_sweep.json")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    train, held_out = split_inputs(cfg.data, *read_inputs(cfg.data))
-    base, tokenizer = load_model(cfg.model)
-    scorer = load_scorer(cfg.eval)
+    behaviour = cfg.behaviours[0]
+    runtime = Runtime.local(cfg.model.device)
+    train, held_out = load_inputs(behaviour, cfg.data)
+    base, tokenizer = load_model(cfg.model, runtime)
+    scorer = load_scorer(behaviour, (cfg.config_dir,))
     start = time.perf_counter()
-    targets = teach(base, tokenizer, train, cfg.teacher, desc="teacher[train]")
+    targets = answer(base, tokenizer, train, behaviour.prompt, cfg.teacher, runtime, desc="teacher[train]")
     teacher_s = time.perf_counter() - start
     greedy = dataclasses.replace(cfg.teacher, do_sample=False, num_samples=1)
-    reference = teach(base, tokenizer, held_out, greedy, desc="teacher[eval]")
+    reference = Reference.from_targets(answer(base, tokenizer, held_out, behaviour.prompt, greedy, runtime,
+                                              desc="teacher[eval]"), len(held_out))
     runs = []
     for setting in args.settings:
         overrides = dict(kv.split("=") for kv in setting.split(","))
         train_cfg = load_config(args.config, [f"train.{k}={v}" for k, v in overrides.items()]).train
-        model, _ = load_model(cfg.model)
+        model, _ = load_model(cfg.model, runtime)
         student = make_student(model, cfg.model)
         torch.manual_seed(train_cfg.seed)
         start = time.perf_counter()
-        history = fit(student, tokenizer, targets, train_cfg)
+        batches = OfflineBatches(targets, tokenizer.pad_token_id, train_cfg.batch_size, train_cfg.length_buckets,
+                                 train_cfg.seed)
+        history = fit(student, batches, train_cfg, runtime).history
         train_s = time.perf_counter() - start
-        result = evaluate(student, tokenizer, held_out, reference, cfg.eval, "student", scorer)
+        result = evaluate(student, tokenizer, held_out, reference, cfg.eval, "student", scorer, runtime)
         runs.append({"setting": setting, "steps": len(history), "train_s": round(train_s, 2),
                      "s_per_step": round(train_s / len(history), 3), **result.metrics})
         print(json.dumps(runs[-1]), flush=True)

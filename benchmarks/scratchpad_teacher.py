@@ -3,11 +3,12 @@
 With an extractor, the teacher writes scratch-pad + answer, and the student learns the teacher's
 distributions over the answer after the scratch-pad. Those distributions were already computed while
 generating; they are the right ones whenever the scratch-pad and the answer, tokenized apart (as the
-two views are built), are the tokens the teacher generated. ``teach`` now reuses them then and scores
-only the other answers again. This runs ``teach`` twice on the same inputs in one process, cache off:
+two views are built), are the tokens the teacher generated. ``teacher.answer`` now reuses them then and
+scores only the other answers again. This runs ``teacher.answer`` twice on the same inputs in one process,
+cache off:
 
-- **reuse** (the product): as ``teach`` runs;
-- **rescore every answer** (before): the generations handed to ``teach`` without their distributions,
+- **reuse** (the product): as ``teacher.answer`` runs;
+- **rescore every answer** (before): the generations handed to ``teacher.answer`` without their distributions,
   so every kept answer is scored again (the generation still records them, as it did before).
 
 Reports wall time of each and the ratio, how many answers reused their generation's distributions,
@@ -34,33 +35,35 @@ from internalize import teacher
 from internalize.config import load_config
 from internalize.data import read_jsonl
 from internalize.models import load_model
+from internalize.runtime import Runtime
+from internalize.targets import Targets
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def without_distributions(generate):
-    """``generate`` whose results carry no log-probs, so ``teach`` must score every answer again."""
+    """``generate`` whose results carry no log-probs, so ``teacher.answer`` must score every answer again."""
     def wrapped(*args, **kwargs):
         out = generate(*args, **kwargs)
         return [[dataclasses.replace(g, logp=None, top=None) for g in gens] for gens in out]
     return wrapped
 
 
-def run(model, tok, records, cfg) -> tuple[float, teacher.TeacherTargets, int]:
-    """``teach`` timed, with the number of answers it scored again."""
-    score, rescored = teacher._score, []
+def run(model, tok, records, prompt, cfg, runtime) -> tuple[float, Targets, int]:
+    """``teacher.answer`` timed, with the number of answers it scored again."""
+    score, rescored = teacher.score, []
 
     def counting(model, tok, views, *args, **kwargs):
         rescored.append(len(views))
         return score(model, tok, views, *args, **kwargs)
 
-    teacher._score = counting
+    teacher.score = counting
     try:
         start = time.perf_counter()
-        targets = teacher.teach(model, tok, records, cfg)
-        return time.perf_counter() - start, targets, sum(rescored) // len(cfg.split())
+        targets = teacher.answer(model, tok, records, prompt, cfg, runtime)
+        return time.perf_counter() - start, targets, sum(rescored) // len(prompt.split())
     finally:
-        teacher._score = score
+        teacher.score = score
 
 
 def main() -> None:
@@ -71,14 +74,15 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = load_config(ROOT / args.config)
     tcfg = dataclasses.replace(cfg.teacher, cache_dir="")
-    model, tok = load_model(cfg.model)
-    records = read_jsonl(ROOT / cfg.data.train_file, "data.train_file")[: args.n]
-    run(model, tok, records[:4], tcfg)  # warm-up: first-call costs out of both timings
-    reuse_s, reused, scored_again = run(model, tok, records, tcfg)
+    behaviour, runtime = cfg.behaviours[0], Runtime.local(cfg.model.device)
+    model, tok = load_model(cfg.model, runtime)
+    records = read_jsonl(ROOT / behaviour.train_file, behaviour.key("train_file"))[: args.n]
+    run(model, tok, records[:4], behaviour.prompt, tcfg, runtime)  # warm-up: first-call costs out of both timings
+    reuse_s, reused, scored_again = run(model, tok, records, behaviour.prompt, tcfg, runtime)
     original = teacher.generate
     teacher.generate = without_distributions(original)
     try:
-        rescore_s, rescored, _ = run(model, tok, records, tcfg)
+        rescore_s, rescored, _ = run(model, tok, records, behaviour.prompt, tcfg, runtime)
     finally:
         teacher.generate = original
     assert reused.answers == rescored.answers, "both paths must keep the same answers"

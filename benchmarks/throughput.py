@@ -31,14 +31,14 @@ from pathlib import Path
 
 import torch
 
-from internalize import cache
 from internalize.config import load_config
-from internalize.data import read_inputs, split_inputs
+from internalize.data import load_inputs
 from internalize.decoding import Prefix, answer_logits, batches, collate
 from internalize.losses import distillation_loss
 from internalize.models import load_model, make_student, teacher_mode
-from internalize.teacher import teach
-from internalize.training import micro_batches
+from internalize.runtime import Runtime
+from internalize.sources import micro_batches
+from internalize.teacher import answer
 from internalize.views import View, prompt_ids
 
 
@@ -77,15 +77,15 @@ def tokens_of(views, prefix_len: int) -> int:
     return sum(len(v.prompt_ids) - prefix_len + len(v.answer_ids) for v in views) + prefix_len
 
 
-def score_pass(model, tokenizer, views, dtype: str):
+def score_pass(model, tokenizer, views, dtype: str, device):
     """One scoring pass over ``views``: (seconds, FLOPs, log-probs per view)."""
     prefix = Prefix.shared([v.prompt_ids for v in views])
     out: dict[int, torch.Tensor] = {}
     with teacher_mode(model), autocast(dtype):
         start = time.perf_counter()
-        prefix = prefix.prefill(model)
+        prefix = prefix.prefill(model, device)
         for idx, batch in batches(views, 32, tokenizer.pad_token_id, len(prefix)):
-            logp = torch.log_softmax(answer_logits(model, batch, prefix).float(), -1)
+            logp = torch.log_softmax(answer_logits(model, batch.to(device), prefix).float(), -1)
             for row, i in enumerate(idx):
                 out[i] = logp[row, : len(views[i].answer_ids)]
         seconds = time.perf_counter() - start
@@ -94,7 +94,7 @@ def score_pass(model, tokenizer, views, dtype: str):
     return seconds, flops, [out[i] for i in range(len(views))]
 
 
-def train_steps(model, tokenizer, targets, dtype: str, steps: int = 6, batch_size: int = 8):
+def train_steps(model, tokenizer, targets, dtype: str, device, steps: int = 6, batch_size: int = 8):
     """``steps`` LoRA training steps as ``fit`` runs them: (seconds, FLOPs, tokens)."""
     views = targets.student_views
     shared = Prefix.shared([v.prompt_ids for v in views])
@@ -106,10 +106,11 @@ def train_steps(model, tokenizer, targets, dtype: str, steps: int = 6, batch_siz
     start = time.perf_counter()
     for _ in range(steps):
         idx = next(stream)
-        batch = collate([views[i] for i in idx], tokenizer.pad_token_id, len(shared))
+        batch = collate([views[i] for i in idx], tokenizer.pad_token_id, len(shared)).to(device)
         with autocast(dtype):
-            logits = answer_logits(model, batch, shared.prefill(model))
+            logits = answer_logits(model, batch, shared.prefill(model, device))
         logp, ids = targets.stacked(idx, batch.answer_ids.shape[1])
+        logp, ids = logp.to(device), None if ids is None else ids.to(device)
         loss = distillation_loss(logits.float(), logp, ids, batch.answer_ids, batch.answer_mask, "forward_kl", 0.5, 0.0)
         loss.backward()
         optimizer.step()
@@ -133,7 +134,7 @@ def padding_shares(targets, tokenizer, cfg, train) -> dict[str, float]:
     for name, buckets in (("train_plain_shuffle", 1), ("train_length_buckets", cfg.train.length_buckets)):
         stream = micro_batches(views, cfg.train.batch_size, buckets, torch.Generator().manual_seed(0))
         shares[name] = share([next(stream) for _ in range(n_batches * 4)])
-    prompts = [View(prompt_ids(tokenizer, r["input"], cfg.teacher), ()) for r in train]
+    prompts = [View(prompt_ids(tokenizer, r["input"], cfg.behaviours[0].prompt), ()) for r in train]
     prefix = len(Prefix.shared([p.prompt_ids for p in prompts]))
     size = cfg.teacher.batch_size
     in_order = [collate(prompts[i : i + size], tokenizer.pad_token_id, prefix) for i in range(0, len(prompts), size)]
@@ -150,26 +151,28 @@ def rates(seconds: float, flops: float, tokens: float, peak: float) -> dict[str,
 
 def main() -> None:
     cfg = load_config("examples/over.yaml")
-    train, _ = split_inputs(cfg.data, *read_inputs(cfg.data))
-    model, tokenizer = load_model(cfg.model)
-    targets = teach(model, tokenizer, train, cfg.teacher)
+    runtime = Runtime.local(cfg.model.device)
+    device = runtime.device
+    train, _ = load_inputs(cfg.behaviours[0], cfg.data)
+    model, tokenizer = load_model(cfg.model, runtime)
+    targets = answer(model, tokenizer, train, cfg.behaviours[0].prompt, cfg.teacher, runtime)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16, repeats=1)}
     report = {"command": "python " + " ".join(sys.argv),
               "machine": f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
                          f"torch {torch.__version__}",
               "cpu_flags": cpu_flags(), "matmul_peak_gflops": {k: round(v / 1e9, 1) for k, v in peak.items()}}
     scoring, training, logps = {}, {}, {}
-    seconds, flops, _ = score_pass(model, tokenizer, targets.teacher_views, "fp32")
+    seconds, flops, _ = score_pass(model, tokenizer, targets.teacher_views, "fp32", device)
     scoring["fp32_all_answers"] = rates(seconds, flops, tokens_of(targets.teacher_views, 0), peak["fp32"])
     few = targets.teacher_views[:8]  # bf16 is slow here: both dtypes on the same 8 views for the ratio
     for dtype in ("fp32", "bf16"):
-        seconds, flops, logps[dtype] = score_pass(model, tokenizer, few, dtype)
+        seconds, flops, logps[dtype] = score_pass(model, tokenizer, few, dtype, device)
         scoring[dtype] = rates(seconds, flops, tokens_of(few, 0), peak["fp32"])
-        student = make_student(load_model(cfg.model)[0], cfg.model)
-        training[dtype] = rates(*train_steps(student, tokenizer, targets, dtype, steps=6 if dtype == "fp32" else 1),
-                                peak["fp32"])
+        student = make_student(load_model(cfg.model, runtime)[0], cfg.model)
+        training[dtype] = rates(*train_steps(student, tokenizer, targets, dtype, device,
+                                             steps=6 if dtype == "fp32" else 1), peak["fp32"])
         print(dtype, scoring[dtype], training[dtype], flush=True)
-    stored, full = cache.bytes_per_token(targets), 4 * model.config.vocab_size
+    stored, full = targets.bytes_per_token(), 4 * model.config.vocab_size
     kl = [torch.sum(a.exp() * (a - b.float()), -1).mean().item() for a, b in zip(logps["fp32"], logps["bf16"], strict=True)]
     agree = [float((a.argmax(-1) == b.argmax(-1)).float().mean()) for a, b in zip(logps["fp32"], logps["bf16"], strict=True)]
     report |= {

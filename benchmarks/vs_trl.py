@@ -73,25 +73,22 @@ def score_student(model: Any, tokenizer: Any, prompts: list[tuple[int, ...]] | N
     Returns ``{"score": share matching eval.scorer_regex, "n": ..., "answers": [...], "scored_with": ...}``.
     This is the one place that calls internalize's evaluation API; adapt it here if that changes.
     """
-    from internalize.config import EvalConfig
-    from internalize.evaluation import load_scorer
+    from internalize.behaviours import load_scorer
+    from internalize.config import BehaviourConfig, EvalConfig
+    from internalize.decoding import generate
     from internalize.models import inference_mode
     from internalize.views import prompt_ids
 
-    try:  # the rewrite moves generate to internalize.decoding and returns Generation objects
-        from internalize.decoding import generate
-    except ImportError:  # before it: internalize.models.generate, returning (text, finished) pairs
-        from internalize.models import generate
-
     job = load_job()
-    cfg = EvalConfig(scorer_regex=job["eval"]["scorer_regex"], max_new_tokens=job["eval"]["max_new_tokens"])
-    scorer = load_scorer(cfg)
+    cfg = EvalConfig(max_new_tokens=job["eval"]["max_new_tokens"])
+    scorer = load_scorer(BehaviourConfig(scorer_regex=job["eval"]["scorer_regex"]))
     records = job["held_out"]
     if prompts is None:
         prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
+    device = next(model.parameters()).device  # wherever the model is (TRL's trainer may have moved it)
     with inference_mode(model):
-        generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, desc="score")
-    answers = [samples[0][0] if isinstance(samples[0], tuple) else samples[0].text for samples in generations]
+        generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, device, desc="score")
+    answers = [samples[0].text for samples in generations]
     hits = [scorer(r, a) for r, a in zip(records, answers, strict=True)]
     return {"score": sum(hits) / len(hits), "n": len(hits), "answers": answers,
             "scored_with": f"{generate.__module__}.generate"}
@@ -341,22 +338,27 @@ def run_internalize(setting: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from internalize.config import load_config
-    from internalize.data import read_inputs, split_inputs
+    from internalize.data import load_inputs
     from internalize.models import load_model, make_student
-    from internalize.teacher import teach
+    from internalize.runtime import Runtime
+    from internalize.sources import OfflineBatches
+    from internalize.teacher import answer
     from internalize.training import fit
 
     s = {**DEFAULTS, **setting}
     overrides = ["teacher.cache_dir=", *s.get("overrides", [])]
     cfg = load_config(JOB_FILE, overrides)
-    train, _ = split_inputs(cfg.data, *read_inputs(cfg.data))
-    model, tokenizer = load_model(cfg.model)
+    behaviour, runtime = cfg.behaviours[0], Runtime.local(cfg.model.device)
+    train, _ = load_inputs(behaviour, cfg.data)
+    model, tokenizer = load_model(cfg.model, runtime)
     student = make_student(model, cfg.model)
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
-    targets = teach(student, tokenizer, train, cfg.teacher)
+    targets = answer(student, tokenizer, train, behaviour.prompt, cfg.teacher, runtime)
     teacher_s = time.perf_counter() - start
-    history = fit(student, tokenizer, targets, cfg.train)
+    batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
+                             cfg.train.seed)
+    history = fit(student, batches, cfg.train, runtime).history
     total_s = time.perf_counter() - start
     scored = score_student(student, tokenizer)
     reached = scored["score"] >= s["target"]

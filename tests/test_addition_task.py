@@ -7,7 +7,7 @@ import re
 import pytest
 
 from experiments.addition import task
-from internalize.config import TeacherConfig
+from internalize.config import PromptConfig
 from internalize.views import prompt_ids
 
 
@@ -49,7 +49,7 @@ def test_scorers():
 def test_the_fine_tuning_input_is_the_teachers_view_of_the_question(tiny):
     _, tok = tiny
     rec = task.record(123, 456)
-    teacher = TeacherConfig(context=task.SCRATCHPAD, position="before_input")
+    teacher = PromptConfig(context=task.SCRATCHPAD, position="before_input")
     assert prompt_ids(tok, task.with_context(rec)["input"]) == prompt_ids(tok, rec["input"], teacher)
 
 

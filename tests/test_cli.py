@@ -49,7 +49,8 @@ def test_subcommand_help_shows_every_key_with_its_default(capsys, command):
     assert "default" in out
     assert "--overwrite" in out and "(default: refuse)" in out
     assert "train.lr (default 0.0002)" in out
-    assert "teacher.position (default 'system')" in out
+    assert "behaviours[].prompt.position (default 'system')" in out
+    assert "teacher.position" in out  # the one-behaviour shorthand is documented too
     assert "data.synthesize.count (default 200)" in out
     if command == "eval":
         assert "--student" in out
@@ -75,8 +76,9 @@ def test_missing_subcommand_is_a_usage_error(capsys):
 def test_tiny_distill_then_eval(tiny_config_path, tmp_path, capsys):
     assert main(["-q", "distill", str(tiny_config_path)]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert set(metrics) == {"base", "teacher", "student"}
-    assert metrics["teacher"]["agreement"] == 1.0 and metrics["teacher"]["kl"] == 0.0
+    assert set(metrics) == {"main"}
+    assert set(metrics["main"]) == {"base", "teacher", "student"}
+    assert metrics["main"]["teacher"]["agreement"] == 1.0 and metrics["main"]["teacher"]["kl"] == 0.0
     run = tmp_path / "run"
     assert json.loads((run / "metrics.json").read_text()) == metrics
     assert (run / "model" / "config.json").is_file()
@@ -89,7 +91,8 @@ def test_tiny_distill_then_eval(tiny_config_path, tmp_path, capsys):
     assert main(["-q", "eval", str(tiny_config_path), f"output.dir={tmp_path / 'eval'}",
                  "--student", str(run / "model")]) == 0
     evaluated = json.loads(capsys.readouterr().out)
-    assert set(evaluated) == {"base", "teacher", "student"}
+    assert set(evaluated) == {"main"}
+    assert set(evaluated["main"]) == {"base", "teacher", "student"}
     assert (tmp_path / "eval" / "report.md").is_file()
 
 
@@ -137,12 +140,39 @@ def _bad_scorer_regex(raw, tmp_path):
     raw["eval"]["scorer_regex"] = "(unclosed"
 
 
+def _as_behaviours(raw, name="main"):
+    """The same run in the ``behaviours`` form."""
+    behaviour = {"name": name, "prompt": {"context": raw["teacher"].pop("context")},
+                 "inputs": raw["data"].pop("inputs"), "scorer_regex": raw["eval"].pop("scorer_regex")}
+    raw["behaviours"] = [behaviour]
+    return behaviour
+
+
+def _behaviour_named_base(raw, tmp_path):
+    _as_behaviours(raw, "base")
+
+
+def _behaviour_missing_train_file(raw, tmp_path):
+    behaviour = _as_behaviours(raw)
+    del behaviour["inputs"]
+    behaviour["train_file"] = str(tmp_path / "missing.jsonl")
+
+
+def _behaviours_beside_shorthand(raw, tmp_path):
+    _as_behaviours(raw)
+    raw["teacher"]["context"] = "again"
+
+
 BAD_CONFIGS = {
     "malformed-jsonl-line": (_jsonl_with_bad_line, ["inputs.jsonl:3", "malformed JSON"]),
     "empty-input-set": (_empty_input_set, ["no training inputs"]),
     "missing-model": (_missing_model, ["model.name=", "no-such-model", "no such directory"]),
     "missing-train-file": (_missing_train_file, ["data.train_file=", "missing.jsonl", "file not found"]),
     "bad-scorer-regex": (_bad_scorer_regex, ["eval.scorer_regex='(unclosed'"]),
+    "behaviour-named-base": (_behaviour_named_base, ["bad.yaml: behaviours[0].name='base' is invalid"]),
+    "behaviour-missing-train-file": (_behaviour_missing_train_file,
+                                     ["behaviours[0].train_file=", "missing.jsonl", "file not found"]),
+    "behaviours-beside-shorthand": (_behaviours_beside_shorthand, ["teacher.context is set beside behaviours"]),
 }
 
 
@@ -184,6 +214,7 @@ def test_malformed_yaml(tmp_path, capsys):
         ("teacher.max_new_tokens=0", "teacher.max_new_tokens=0 is invalid"),
         ("train.max_steps=many", "train.max_steps='many' is invalid: expected int"),
         ("train.lr", "override 'train.lr' is invalid"),
+        ("eval.scorer=mod:fn", "eval.scorer_regex and eval.scorer are both set"),
     ],
 )
 def test_bad_override(tiny_config_path, tmp_path, capsys, override, expected):
@@ -192,6 +223,13 @@ def test_bad_override(tiny_config_path, tmp_path, capsys, override, expected):
     assert expected in line
     if "=" in override:
         assert str(tiny_config_path) in line  # names the file the overrides were applied to
+    assert not (tmp_path / "run").exists()
+
+
+def test_adapter_artifact_with_full_fine_tuning(tiny_config_path, tmp_path, capsys):
+    assert main(["distill", str(tiny_config_path), "model.finetune=full", "output.save=adapter"]) == 2
+    line = _error_line(capsys)
+    assert f"{tiny_config_path}: output.save='adapter' is invalid with model.finetune='full'" in line
     assert not (tmp_path / "run").exists()
 
 

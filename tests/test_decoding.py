@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import TINY_INPUTS, perturb_lora
 
-from internalize.config import ModelConfig, TeacherConfig
+from internalize.config import ModelConfig, PromptConfig
 from internalize.decoding import (
     Batch,
     Generation,
@@ -18,9 +18,9 @@ from internalize.decoding import (
     common_prefix_length,
     generate,
     mean_over_contexts,
-    topk_with_tail,
 )
 from internalize.models import inference_mode, make_student
+from internalize.targets import topk_with_tail
 from internalize.views import View, answer_ids, prompt_ids
 
 LORA = ModelConfig(name="unused", finetune="lora", lora_r=4, lora_alpha=8)
@@ -29,6 +29,7 @@ INPUTS = ["Hi", "What is the capital of France?", "x y z"]
 ANSWERS = ["Hello. Over.", "Paris", "abc def gh"]
 # prompts of different lengths on which the perturbed student (below) finishes at different steps, or not at all
 GEN_INPUTS = TINY_INPUTS
+CPU = torch.device("cpu")
 
 
 def _student(tiny):
@@ -39,8 +40,8 @@ def _student(tiny):
     return student, tok
 
 
-def _views(tok, inputs, answers, teacher):
-    t_views = [View(prompt_ids(tok, x, teacher), answer_ids(tok, a)) for x, a in zip(inputs, answers, strict=True)]
+def _views(tok, inputs, answers, prompt):
+    t_views = [View(prompt_ids(tok, x, prompt), answer_ids(tok, a)) for x, a in zip(inputs, answers, strict=True)]
     s_views = [View(prompt_ids(tok, x), v.answer_ids) for x, v in zip(inputs, t_views, strict=True)]
     return t_views, s_views
 
@@ -91,29 +92,29 @@ def test_prefix_shared_leaves_a_token_of_every_prompt(prompts, expected):
         assert len(p) == 0 or len(p) > len(prefix)
 
 
-def test_prefix_cache_can_be_disabled(monkeypatch):
+def test_prefix_cache_can_be_disabled():
     prompts = [(1, 2, 3, 4), (1, 2, 3, 5)]
     assert len(Prefix.shared(prompts)) == 3
-    monkeypatch.setenv("INTERNALIZE_NO_PREFIX_CACHE", "1")
-    prefix = Prefix.shared(prompts)
-    assert prefix.ids == () and len(prefix) == 0
+    assert len(Prefix.shared(prompts, share=True)) == 3
+    prefix = Prefix.shared(prompts, share=False)
+    assert prefix.ids == () and len(prefix) == 0 and prefix.cache is None
 
 
 def test_empty_prefix_prefills_to_nothing(tiny):
     model, _ = tiny
-    prefix = Prefix().prefill(model)
+    prefix = Prefix().prefill(model, CPU)
     assert prefix.cache is None and prefix.expanded(model, 3) is None
 
 
 def test_teacher_prompts_share_chat_header_context_and_demonstrations(tiny):
     model, tok = tiny
-    teacher = TeacherConfig(context="Answer briefly.", position="system", demonstrations=DEMOS)
-    prompts = [prompt_ids(tok, x, teacher) for x in INPUTS]
+    prompt = PromptConfig(context="Answer briefly.", position="system", demonstrations=DEMOS)
+    prompts = [prompt_ids(tok, x, prompt) for x in INPUTS]
     prefix = Prefix.shared(prompts)
     text = tok.decode(list(prefix.ids))
     assert text.startswith("<|im_start|>system\nAnswer briefly.<|im_end|>") and "3+3?" in text and "6" in text
     assert all(tok.decode(list(p[len(prefix):])).endswith("<|im_start|>assistant\n") for p in prompts)
-    prefilled = prefix.prefill(model)
+    prefilled = prefix.prefill(model, CPU)
     assert prefilled.ids == prefix.ids
     for layer in prefilled.cache.layers:
         assert layer.keys.shape[0] == 1 and layer.keys.shape[-2] == len(prefix)
@@ -164,8 +165,8 @@ def test_batch_padding_share():
 @pytest.mark.parametrize("shared", [False, True])
 def test_collate_places_answer_tokens_after_each_prompt(tiny, shared):
     _, tok = tiny
-    teacher = TeacherConfig(context="Answer briefly, then say Over.", position="system")
-    for views in _views(tok, INPUTS, ANSWERS, teacher):
+    prompt = PromptConfig(context="Answer briefly, then say Over.", position="system")
+    for views in _views(tok, INPUTS, ANSWERS, prompt):
         n = len(Prefix.shared([v.prompt_ids for v in views])) if shared else 0
         assert not shared or n > 0
         batch = collate(views, tok.pad_token_id, n)
@@ -224,8 +225,8 @@ def test_batch_to_device_keeps_keep():
 @pytest.mark.parametrize("position", ["system", "before_input", "after_input"])
 def test_answer_logits_batched_equal_unbatched(tiny, position):
     model, tok = tiny
-    teacher = TeacherConfig(context="Answer briefly.", position=position, demonstrations=DEMOS[:1])
-    for views in _views(tok, INPUTS, ANSWERS, teacher):
+    prompt = PromptConfig(context="Answer briefly.", position=position, demonstrations=DEMOS[:1])
+    for views in _views(tok, INPUTS, ANSWERS, prompt):
         assert len({len(v.prompt_ids) for v in views}) == len(views)  # prompts of different lengths
         batch = collate(views, tok.pad_token_id)
         with torch.no_grad():
@@ -259,13 +260,13 @@ def test_answer_logits_single_view(tiny):
 @pytest.mark.parametrize("position", ["system", "before_input", "after_input"])
 def test_answer_logits_with_the_prefix_cache_equal_uncached(tiny, position):
     student, tok = _student(tiny)  # prompt-dependent outputs: a misplaced position or mask would show
-    teacher = TeacherConfig(context="Answer briefly, then say Over.", position=position, demonstrations=DEMOS)
-    views = _views(tok, INPUTS, ANSWERS, teacher)[0]
+    prompt = PromptConfig(context="Answer briefly, then say Over.", position=position, demonstrations=DEMOS)
+    views = _views(tok, INPUTS, ANSWERS, prompt)[0]
     assert len({len(v.answer_ids) for v in views}) == len(views)
     prefix = Prefix.shared([v.prompt_ids for v in views])
     assert len(prefix) > len("<|im_start|>user\n2+2?")  # the demonstrations are shared, at least
     with torch.no_grad():
-        prefix = prefix.prefill(student)
+        prefix = prefix.prefill(student, CPU)
         cached_batch = collate(views, tok.pad_token_id, len(prefix))
         cached = answer_logits(student, cached_batch, prefix)
         again = answer_logits(student, cached_batch, prefix)  # the prefix's cache is not grown by a batch
@@ -280,6 +281,25 @@ def test_answer_logits_with_the_prefix_cache_equal_uncached(tiny, position):
         torch.testing.assert_close(cached[b, : len(v.answer_ids)], _reference_logits(student, v), atol=2e-5, rtol=1e-5)
 
 
+def test_answer_logits_and_generate_leave_no_hook_on_the_model(tiny):
+    """The contiguous-input hook on the output projection lives for one forward pass, never on the caller's model."""
+    model, tok = tiny
+    head = model.get_output_embeddings()
+    assert head is not None and not head._forward_pre_hooks
+    views = [View(prompt_ids(tok, x), answer_ids(tok, a)) for x, a in zip(INPUTS, ANSWERS, strict=True)]
+    with torch.no_grad():
+        logits = answer_logits(model, collate(views, tok.pad_token_id))
+    assert logits.shape[0] == len(views)
+    assert not head._forward_pre_hooks
+    with inference_mode(model):
+        out = generate(model, tok, [v.prompt_ids for v in views], max_new_tokens=6, batch_size=2, device=CPU)
+    assert len(out) == len(views)
+    assert not head._forward_pre_hooks
+    bad = collate([View((len(tok) + 5,), (1,))], tok.pad_token_id)  # an id past the vocabulary: the forward raises
+    with pytest.raises(IndexError), torch.no_grad():
+        answer_logits(model, bad)
+    assert not head._forward_pre_hooks  # removed on the way out too
+
 def _lora_grads(model) -> dict[str, torch.Tensor]:
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad(set_to_none=True)
@@ -288,13 +308,13 @@ def _lora_grads(model) -> dict[str, torch.Tensor]:
 
 def test_answer_logits_gradients_through_the_prefix(tiny):
     student, tok = _student(tiny)
-    teacher = TeacherConfig(context="Answer briefly.", position="system", demonstrations=DEMOS[:1])
-    views = _views(tok, INPUTS, ANSWERS, teacher)[0]
+    prompt = PromptConfig(context="Answer briefly.", position="system", demonstrations=DEMOS[:1])
+    views = _views(tok, INPUTS, ANSWERS, prompt)[0]
     assert torch.is_grad_enabled()
 
     def loss(prefix: Prefix) -> torch.Tensor:
         batch = collate(views, tok.pad_token_id, len(prefix))
-        lse = answer_logits(student, batch, prefix.prefill(student)).logsumexp(-1)
+        lse = answer_logits(student, batch, prefix.prefill(student, CPU)).logsumexp(-1)
         return (lse * batch.answer_mask).sum() / batch.answer_mask.sum()  # padding answer slots are masked out
 
     prefix = Prefix.shared([v.prompt_ids for v in views])
@@ -378,7 +398,7 @@ def test_generate_finishes_and_strips(tiny):
     model, tok = tiny
     prompts = [prompt_ids(tok, x) for x in ("hi", "What is the capital of France?", "x")]
     with inference_mode(model):
-        out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2)
+        out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, device=CPU)
     okay = tuple(answer_ids(tok, "okay"))  # through the end-of-turn token
     assert out == [[Generation("okay", True, okay)]] * 3
     assert all(samples[0].logp is None and samples[0].top is None for samples in out)
@@ -387,7 +407,7 @@ def test_generate_finishes_and_strips(tiny):
 def test_generate_unfinished(tiny):
     model, tok = tiny
     with inference_mode(model):
-        out = generate(model, tok, [prompt_ids(tok, "hi")], max_new_tokens=2, batch_size=1)
+        out = generate(model, tok, [prompt_ids(tok, "hi")], max_new_tokens=2, batch_size=1, device=CPU)
     assert out == [[Generation("ok", False, tuple(answer_ids(tok, "ok")[:-1]))]]
 
 
@@ -396,8 +416,8 @@ def test_generate_batched_equals_unbatched_with_left_padding(tiny):
     texts = ["a", "What is 1 plus 2?", "Tell me a joke, please! Or two."]
     prompts = [prompt_ids(tok, x) for x in texts]
     with inference_mode(student):
-        batched = generate(student, tok, prompts, max_new_tokens=6, batch_size=3)
-        alone = [generate(student, tok, [p], max_new_tokens=6, batch_size=1)[0] for p in prompts]
+        batched = generate(student, tok, prompts, max_new_tokens=6, batch_size=3, device=CPU)
+        alone = [generate(student, tok, [p], max_new_tokens=6, batch_size=1, device=CPU)[0] for p in prompts]
     assert batched == alone
     assert len({samples[0].text for samples in batched}) > 1  # prompts of different lengths gave different outputs
 
@@ -406,8 +426,10 @@ def test_generate_batched_equals_one_at_a_time_when_rows_finish_early(tiny):
     student, tok = _student(tiny)
     prompts = [prompt_ids(tok, x) for x in GEN_INPUTS]
     with inference_mode(student):
-        batched = [s[0] for s in generate(student, tok, prompts, max_new_tokens=6, batch_size=6, distributions=4)]
-        alone = [generate(student, tok, [p], max_new_tokens=6, batch_size=1, distributions=4)[0][0] for p in prompts]
+        batched = [s[0] for s in generate(student, tok, prompts, max_new_tokens=6, batch_size=6, device=CPU,
+                                          distributions=4)]
+        alone = [generate(student, tok, [p], max_new_tokens=6, batch_size=1, device=CPU, distributions=4)[0][0]
+                 for p in prompts]
     # rows left their batch at different steps, and some ran to max_new_tokens
     assert len({len(g.ids) for g in batched if g.finished}) > 1
     assert any(g.finished for g in batched) and not all(g.finished for g in batched)
@@ -418,14 +440,18 @@ def test_generate_batched_equals_one_at_a_time_when_rows_finish_early(tiny):
 
 
 def test_generate_without_the_prefix_cache_is_the_same(tiny, monkeypatch):
+    prefixes = []  # the prefix each generate call shares
+    real = Prefix.prefill
+    monkeypatch.setattr(Prefix, "prefill", lambda self, *a, **k: prefixes.append(len(self)) or real(self, *a, **k))
     student, tok = _student(tiny)
-    teacher = TeacherConfig(context="Be brief.", position="system", demonstrations=DEMOS[:1])
-    prompts = [prompt_ids(tok, x, teacher) for x in GEN_INPUTS]
+    prompt = PromptConfig(context="Be brief.", position="system", demonstrations=DEMOS[:1])
+    prompts = [prompt_ids(tok, x, prompt) for x in GEN_INPUTS]
     assert len(Prefix.shared(prompts)) > 0
     with inference_mode(student):
-        cached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, distributions=4)
-        monkeypatch.setenv("INTERNALIZE_NO_PREFIX_CACHE", "1")
-        uncached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, distributions=4)
+        cached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, device=CPU, distributions=4)
+        uncached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, device=CPU, distributions=4,
+                            share_prefix=False)
+    assert prefixes[0] == len(Prefix.shared(prompts)) and prefixes[1:] == [0]  # the second ran every prompt whole
     assert [[g.ids for g in s] for s in cached] == [[g.ids for g in s] for s in uncached]
     assert len({s[0].ids for s in cached}) > 1
     for (mine,), (theirs,) in zip(cached, uncached, strict=True):
@@ -434,11 +460,11 @@ def test_generate_without_the_prefix_cache_is_the_same(tiny, monkeypatch):
 
 def test_generate_greedy_equals_hugging_face_generate(tiny):
     student, tok = _student(tiny)
-    teacher = TeacherConfig(context="Be brief.", position="system")
-    prompts = [prompt_ids(tok, x) for x in GEN_INPUTS] + [prompt_ids(tok, x, teacher) for x in GEN_INPUTS[:2]]
+    prompt = PromptConfig(context="Be brief.", position="system")
+    prompts = [prompt_ids(tok, x) for x in GEN_INPUTS] + [prompt_ids(tok, x, prompt) for x in GEN_INPUTS[:2]]
     eos = tok.eos_token_id
     with inference_mode(student):
-        ours = generate(student, tok, prompts, max_new_tokens=8, batch_size=3)
+        ours = generate(student, tok, prompts, max_new_tokens=8, batch_size=3, device=CPU)
         padded = collate([View(p, ()) for p in prompts], tok.pad_token_id)
         theirs = student.generate(input_ids=padded.input_ids, attention_mask=padded.attention_mask, do_sample=False,
                                   max_new_tokens=8, use_cache=False, eos_token_id=eos, pad_token_id=tok.pad_token_id)
@@ -455,7 +481,7 @@ def test_generate_distributions_are_those_of_the_scored_view(tiny, k):
     student, tok = _student(tiny)
     prompts = [prompt_ids(tok, x) for x in GEN_INPUTS]
     with inference_mode(student):
-        out = generate(student, tok, prompts, max_new_tokens=6, batch_size=4, distributions=k)
+        out = generate(student, tok, prompts, max_new_tokens=6, batch_size=4, device=CPU, distributions=k)
     gens = [s[0] for s in out]
     assert any(g.finished for g in gens) and not all(g.finished for g in gens)
     for prompt, gen in zip(prompts, gens, strict=True):
@@ -484,12 +510,12 @@ def test_generate_several_samples(tiny):
 
     def sample(seed: int) -> list[list[Generation]]:
         torch.manual_seed(seed)
-        return generate(model, tok, prompts, max_new_tokens=8, batch_size=2, do_sample=True, temperature=2.0,
-                        num_samples=3)
+        return generate(model, tok, prompts, max_new_tokens=8, batch_size=2, device=CPU, do_sample=True,
+                        temperature=2.0, num_samples=3)
 
     with inference_mode(model):
         out, again, other = sample(0), sample(0), sample(1)
-        greedy = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, num_samples=2)
+        greedy = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, device=CPU, num_samples=2)
     assert [len(samples) for samples in out] == [3, 3]
     assert out == again and out != other  # the seed fixes the samples
     for samples in out:
@@ -505,8 +531,8 @@ def test_generate_sampled_distributions_score_the_sampled_tokens(tiny):
     prompts = [prompt_ids(tok, x) for x in GEN_INPUTS[:3]]
     torch.manual_seed(0)
     with inference_mode(student):
-        out = generate(student, tok, prompts, max_new_tokens=6, batch_size=3, do_sample=True, temperature=1.5,
-                       num_samples=2, distributions=0)
+        out = generate(student, tok, prompts, max_new_tokens=6, batch_size=3, device=CPU, do_sample=True,
+                       temperature=1.5, num_samples=2, distributions=0)
     for prompt, samples in zip(prompts, out, strict=True):
         for gen in samples:
             view = View(tuple(prompt), gen.ids)
@@ -534,8 +560,8 @@ def test_generate_group_of_identical_prompts_equals_plain_generate(tiny):
     model, tok = tiny
     prompts = [prompt_ids(tok, x) for x in TINY_INPUTS[:3]]
     with torch.inference_mode():
-        plain = generate(model, tok, prompts, 8, 2, distributions=0)
-        grouped = generate(model, tok, [p for p in prompts for _ in range(3)], 8, 2, distributions=0, group=3)
+        plain = generate(model, tok, prompts, 8, 2, CPU, distributions=0)
+        grouped = generate(model, tok, [p for p in prompts for _ in range(3)], 8, 2, CPU, distributions=0, group=3)
     for a, b in zip(plain, grouped, strict=True):
         assert a[0].ids == b[0].ids
         torch.testing.assert_close(a[0].logp, b[0].logp, atol=1e-5, rtol=1e-5)

@@ -1,95 +1,32 @@
-"""evaluation.py: scorers, and the base / teacher / student metrics on held-out inputs."""
+"""evaluation.py: the base / teacher / student metrics on held-out inputs, and the forgetting check."""
 
 from __future__ import annotations
-
-import sys
-import uuid
 
 import pytest
 import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
-from internalize.config import EvalConfig, InternalizeError, ModelConfig, TeacherConfig
-from internalize.decoding import collate
-from internalize.evaluation import CONDITIONS, _mean_kl, evaluate, load_scorer
+from internalize.behaviours import load_scorer
+from internalize.config import BehaviourConfig, EvalConfig, ModelConfig, PromptConfig, TeacherConfig
+from internalize.decoding import collate, generate
+from internalize.evaluation import _mean_kl, evaluate, forgetting
 from internalize.losses import forward_kl, to_classes
-from internalize.models import make_student
-from internalize.teacher import teach
-from internalize.views import pad_stack
+from internalize.models import make_student, teacher_mode
+from internalize.runtime import Runtime
+from internalize.targets import Reference, pad_stack
+from internalize.teacher import answer
+from internalize.views import prompt_ids
 
 RECORDS = [{"input": x} for x in TINY_INPUTS[:4]]
-TEACHER = TeacherConfig(context="Answer in one word.", max_new_tokens=8, top_k=8, batch_size=4)
-EVAL = EvalConfig(max_new_tokens=8, batch_size=3, scorer_regex="^okay$")
+PROMPT = PromptConfig(context="Answer in one word.")
+TEACHER = TeacherConfig(max_new_tokens=8, top_k=8, batch_size=4)
+EVAL = EvalConfig(max_new_tokens=8, batch_size=3)
+SCORER = load_scorer(BehaviourConfig(scorer_regex="^okay$"))
+CPU = Runtime.local("cpu")
 
 
-@pytest.fixture
-def isolated_path(monkeypatch):
-    """load_scorer puts the working directory on sys.path: give it a copy that is restored afterwards."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-
-
-def _scorer_module(tmp_path, monkeypatch, body: str) -> str:
-    name = f"scorer_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{name}.py").write_text(body)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    return name
-
-
-def test_no_scorer():
-    assert load_scorer(EvalConfig()) is None
-
-
-def test_regex_scorer():
-    scorer = load_scorer(EvalConfig(scorer_regex=r"Over\.\s*$"))
-    assert scorer({"input": "q"}, "Fine. Over.") == 1.0
-    assert scorer({"input": "q"}, "Over. And out") == 0.0
-    assert isinstance(scorer({}, ""), float)
-
-
-def test_regex_scorer_uses_search_not_match():
-    assert load_scorer(EvalConfig(scorer_regex="b"))({}, "abc") == 1.0
-
-
-def test_bad_regex():
-    with pytest.raises(InternalizeError) as e:
-        load_scorer(EvalConfig(scorer_regex="(unclosed"))
-    assert str(e.value).startswith("eval.scorer_regex='(unclosed' is not a valid regex")
-    assert "\n" not in str(e.value)
-
-
-def test_callable_scorer_from_working_directory(tmp_path, monkeypatch, isolated_path):
-    name = _scorer_module(tmp_path, monkeypatch,
-                          "def exact(record, output):\n    return output.strip() == record['gold']\n")
-    scorer = load_scorer(EvalConfig(scorer=f"{name}:exact"))
-    assert scorer({"input": "q", "gold": "4"}, " 4 ") == 1.0
-    assert scorer({"input": "q", "gold": "4"}, "5") == 0.0
-    assert isinstance(scorer({"input": "q", "gold": "4"}, "4"), float)
-
-
-def test_callable_scorer_may_return_a_float(tmp_path, monkeypatch, isolated_path):
-    name = _scorer_module(tmp_path, monkeypatch, "def half(record, output):\n    return 0.5\n")
-    assert load_scorer(EvalConfig(scorer=f"{name}:half"))({}, "x") == 0.5
-
-
-def test_regex_wins_over_callable():
-    scorer = load_scorer(EvalConfig(scorer_regex="x", scorer="no_such_module_xyz:f"))
-    assert scorer({}, "x") == 1.0
-
-
-def test_unimportable_scorer_module(tmp_path, monkeypatch, isolated_path):
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(InternalizeError) as e:
-        load_scorer(EvalConfig(scorer="no_such_module_xyz:score"))
-    message = str(e.value)
-    assert message.startswith("eval.scorer='no_such_module_xyz:score' cannot be imported")
-    assert "\n" not in message
-
-
-def test_missing_scorer_function(tmp_path, monkeypatch, isolated_path):
-    name = _scorer_module(tmp_path, monkeypatch, "def other(record, output):\n    return 1\n")
-    with pytest.raises(InternalizeError, match=rf"eval\.scorer='{name}:missing' cannot be imported"):
-        load_scorer(EvalConfig(scorer=f"{name}:missing"))
+def _reference(model, tok, records=RECORDS, prompt=PROMPT, teacher=TEACHER):
+    return Reference.from_targets(answer(model, tok, records, prompt, teacher, CPU), len(records))
 
 
 # --- evaluate on the tiny model ---------------------------------------------------------------------------
@@ -100,38 +37,56 @@ def student_and_reference(tiny):
     model, tok = tiny
     torch.manual_seed(0)
     student = make_student(model, ModelConfig(name="unused", lora_r=4, lora_alpha=8))
-    reference = teach(student, tok, RECORDS, TEACHER)
+    reference = _reference(student, tok)
     return student, tok, reference
 
 
-def test_evaluate_metric_keys(student_and_reference):
-    student, tok, reference = student_and_reference
-    scorer = load_scorer(EVAL)
-    for condition in CONDITIONS:
-        result = evaluate(student, tok, RECORDS, reference, EVAL, condition, scorer)
-        assert set(result.metrics) == {"n", "agreement", "kl", "score"}
-        assert result.metrics["n"] == len(RECORDS)
-        assert len(result.outputs) == len(RECORDS)
-        assert 0.0 <= result.metrics["agreement"] <= 1.0
-        assert result.metrics["kl"] >= 0.0
+def _noisy(model, scale: float = 2.0):
+    """The tiny model with seeded noise on every weight: greedy answers that differ from input to input."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * p.std())
+    return model
+
+
+def test_evaluate_metrics_are_computed_from_the_answers(tiny):
+    model, tok = tiny
+    student = make_student(_noisy(model), ModelConfig(name="unused", lora_r=4, lora_alpha=8))
+    reference = _reference(student, tok, prompt=PromptConfig(context="Reply."))
+    scorer = load_scorer(BehaviourConfig(scorer_regex="a"))
+    result = evaluate(student, tok, RECORDS, reference, EVAL, "base", scorer, CPU)
+    assert set(result.metrics) == {"n", "agreement", "kl", "score"} and result.metrics["n"] == len(RECORDS)
+    pairs = [(out, ref) for out, ref in zip(result.outputs, reference.answers, strict=True) if ref is not None]
+    assert result.metrics["agreement"] == pytest.approx(sum(out == ref for out, ref in pairs) / len(pairs))
+    assert result.metrics["score"] == pytest.approx(sum("a" in out for out in result.outputs) / len(RECORDS))
+    assert result.metrics["kl"] > 0.01  # without the context the noisy model's distributions move
 
 
 def test_evaluate_without_scorer_has_no_score(student_and_reference):
     student, tok, reference = student_and_reference
-    result = evaluate(student, tok, RECORDS, reference, EVAL, "base")
+    result = evaluate(student, tok, RECORDS, reference, EVAL, "base", None, CPU)
     assert set(result.metrics) == {"n", "agreement", "kl"}
 
 
-def test_evaluate_teacher_is_the_reference(student_and_reference):
-    student, tok, reference = student_and_reference
-    result = evaluate(student, tok, RECORDS, reference, EVAL, "teacher", load_scorer(EVAL))
-    assert result.metrics == {"n": 4, "agreement": 1.0, "kl": 0.0, "score": 1.0}
-    assert result.outputs == [TINY_ANSWER] * 4
+def test_evaluate_teacher_answers_are_the_greedy_generations_with_the_context(tiny):
+    """The teacher condition's answers (taken from the reference) are what the model writes with the context."""
+    model, tok = tiny
+    student = make_student(_noisy(model), ModelConfig(name="unused", lora_r=4, lora_alpha=8))
+    prompt = PromptConfig(context="Reply.")
+    reference = _reference(student, tok, prompt=prompt, teacher=TeacherConfig(max_new_tokens=8, batch_size=2))
+    result = evaluate(student, tok, RECORDS, reference, EVAL, "teacher", SCORER, CPU)
+    with teacher_mode(student):
+        own = generate(student, tok, [prompt_ids(tok, r["input"], prompt) for r in RECORDS], 8, 3, CPU.device)
+    expected = [s[0].text if s[0].finished else "" for s in own]
+    assert result.outputs == expected
+    assert len(set(expected)) > 1  # the answers depend on the input: the order is checked too
+    assert result.metrics["score"] == pytest.approx(sum(SCORER({}, e) for e in expected) / len(expected))
 
 
 def test_evaluate_tiny_base_agrees_with_teacher(student_and_reference):
     student, tok, reference = student_and_reference
-    result = evaluate(student, tok, RECORDS, reference, EVAL, "base", load_scorer(EVAL))
+    result = evaluate(student, tok, RECORDS, reference, EVAL, "base", SCORER, CPU)
     assert result.outputs == [TINY_ANSWER] * 4
     assert result.metrics["agreement"] == 1.0
     assert result.metrics["score"] == 1.0
@@ -141,45 +96,63 @@ def test_evaluate_tiny_base_agrees_with_teacher(student_and_reference):
 def test_evaluate_kl_is_the_token_weighted_forward_kl(student_and_reference):
     student, tok, reference = student_and_reference
     student.eval()
-    batch = collate(reference.student_views, tok.pad_token_id)
+    batch = collate(reference.targets.student_views, tok.pad_token_id)
     with torch.no_grad():
         from internalize.decoding import answer_logits
 
         logits = answer_logits(student, batch)
     length = batch.answer_ids.shape[1]
-    expected = forward_kl(to_classes(logits, pad_stack(reference.ids, length)), pad_stack(reference.logp, length),
+    targets = reference.targets
+    expected = forward_kl(to_classes(logits, pad_stack(targets.ids, length)), pad_stack(targets.logp, length),
                           batch.answer_mask)
     with torch.no_grad():
-        got = _mean_kl(student, tok, reference, batch_size=3)  # several batches, token-weighted
+        got = _mean_kl(student, tok, reference, 3, CPU)  # several batches, token-weighted
     assert got == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
 
 
 def test_evaluate_base_ignores_adapters_and_student_uses_them(student_and_reference):
     student, tok, reference = student_and_reference
-    before = {c: evaluate(student, tok, RECORDS, reference, EVAL, c).metrics for c in ("base", "student")}
+    before = {c: evaluate(student, tok, RECORDS, reference, EVAL, c, None, CPU).metrics for c in ("base", "student")}
     assert before["base"] == pytest.approx(before["student"])  # LoRA B starts at zero
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in student.named_parameters():
             if "lora_" in name:
                 p.add_(torch.randn(p.shape, generator=g) * 0.5)
-    after = {c: evaluate(student, tok, RECORDS, reference, EVAL, c).metrics for c in ("base", "student")}
+    after = {c: evaluate(student, tok, RECORDS, reference, EVAL, c, None, CPU).metrics for c in ("base", "student")}
     assert after["base"] == pytest.approx(before["base"])
     assert after["student"]["kl"] > after["base"]["kl"]
 
 
 def test_evaluate_with_all_reference_answers_dropped(tiny):
     model, tok = tiny
-    never = TeacherConfig(context="c", max_new_tokens=8, extractor="regex", extract_pattern="NEVER")
-    reference = teach(model, tok, RECORDS, never)
-    assert len(reference) == 0
-    base = evaluate(model, tok, RECORDS, reference, EVAL, "base", load_scorer(EVAL))
+    never = TeacherConfig(max_new_tokens=8, extractor="regex", extract_pattern="NEVER")
+    reference = _reference(model, tok, teacher=never)
+    assert len(reference.targets) == 0 and reference.answers == [None] * 4
+    base = evaluate(model, tok, RECORDS, reference, EVAL, "base", SCORER, CPU)
     assert base.metrics == {"n": 4, "agreement": 0.0, "kl": 0.0, "score": 1.0}
-    teacher = evaluate(model, tok, RECORDS, reference, EVAL, "teacher", load_scorer(EVAL))
+    teacher = evaluate(model, tok, RECORDS, reference, EVAL, "teacher", SCORER, CPU)
     assert teacher.outputs == [""] * 4 and teacher.metrics["score"] == 0.0
 
 
 def test_evaluate_unknown_condition(student_and_reference):
     student, tok, reference = student_and_reference
     with pytest.raises(ValueError, match="condition must be one of"):
-        evaluate(student, tok, RECORDS, reference, EVAL, "oracle")
+        evaluate(student, tok, RECORDS, reference, EVAL, "oracle", None, CPU)
+
+
+def test_forgetting_is_zero_for_the_original_model_and_grows_as_the_student_moves(student_and_reference):
+    student, tok, _ = student_and_reference
+    neutral = [{"input": x} for x in TINY_INPUTS[4:8]]
+    plain = TeacherConfig(max_new_tokens=8, top_k=8, batch_size=4)
+    original = Reference.from_targets(answer(student, tok, neutral, None, plain, CPU), len(neutral))
+    same = forgetting(student, tok, neutral, original, EVAL, CPU)
+    assert same["n"] == 4 and same["agreement_with_original"] == 1.0
+    assert same["kl_original_student"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero: the same model
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
+    moved = forgetting(student, tok, neutral, original, EVAL, CPU)
+    assert moved["kl_original_student"] > 0.01

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from internalize.behaviours import load_behaviours, load_scorer
 from internalize.config import load_config
-from internalize.data import load_inputs, read_inputs, read_jsonl, uses_synthesis
-from internalize.evaluation import load_scorer
+from internalize.data import load_inputs, read_inputs, uses_synthesis
 from internalize.models import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +26,8 @@ def test_there_are_examples():
 @pytest.mark.parametrize("path", CONFIGS, ids=IDS)
 def test_config_parses(path):
     cfg = load_config(path)
-    assert cfg.teacher.context or cfg.teacher.demonstrations or cfg.teacher.contexts or cfg.train.targets == "data"
+    assert cfg.behaviours
+    assert any(not b.prompt.empty for b in cfg.behaviours) or cfg.train.targets == "data"
     assert cfg.output.dir
 
 
@@ -34,22 +35,21 @@ def test_config_parses(path):
 def test_config_inputs_and_scorers_load_from_the_repo_root(path, monkeypatch):
     monkeypatch.chdir(ROOT)
     cfg = load_config(path.relative_to(ROOT))
-    for entry in cfg.teacher.contexts:
-        train, held_out = read_jsonl(entry["train_file"], "train_file"), read_jsonl(entry["eval_file"], "eval_file")
-        assert train and held_out and not {r["input"] for r in train} & {r["input"] for r in held_out}
-        scorer = load_scorer(type(cfg.eval)(scorer_regex=entry.get("scorer_regex", ""), scorer=entry.get("scorer", "")))
-        assert scorer is not None
-        assert scorer(held_out[0], "") in (0.0, 1.0)
-    if cfg.teacher.contexts:
-        return
-    assert load_scorer(cfg.eval) is not None  # every committed config measures its behaviour
-    train, held_out = read_inputs(cfg.data)
-    if uses_synthesis(cfg.data):
-        assert cfg.data.synthesize.seeds and held_out
-    else:
-        train, held_out = load_inputs(cfg.data)
+    synthesized = uses_synthesis(cfg.behaviours, cfg.data)
+    for b in cfg.behaviours:
+        scorer = load_scorer(b, (cfg.config_dir,))
+        assert scorer is not None  # every committed config measures each of its behaviours
+        train, held_out = read_inputs(b)
+        if synthesized:
+            assert cfg.data.synthesize.seeds and held_out
+            continue
+        train, held_out = load_inputs(b, cfg.data)
         assert train and held_out
         assert not {r["input"] for r in train} & {r["input"] for r in held_out}
+        assert scorer(held_out[0], "") in (0.0, 1.0)
+    behaviours = load_behaviours(cfg)  # what distill reads: every file and scorer of the run
+    assert [b.name for b in behaviours] == [b.name for b in cfg.behaviours]
+    assert all(b.held_out and b.scorer is not None and (b.train is None) == synthesized for b in behaviours)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[str(p.relative_to(ROOT)) for p in EXAMPLES])

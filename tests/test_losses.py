@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from internalize.decoding import topk_with_tail as _topk_with_tail
 from internalize.losses import (
     MIN_LOGP,
     cross_entropy,
@@ -17,6 +16,7 @@ from internalize.losses import (
     reverse_kl,
     to_classes,
 )
+from internalize.targets import topk_with_tail as _topk_with_tail
 
 B, A, V = 3, 5, 11
 
@@ -142,7 +142,7 @@ def test_to_classes_topk_form_is_a_distribution():
 
 
 def _teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence ``teacher._topk_with_tail`` (as teach() stores it), stacked into a batch."""
+    """Per-sequence ``targets.topk_with_tail`` (as teacher.answer stores it), stacked into a batch."""
     logp = F.log_softmax(teacher_logits, -1)
     rows = [_topk_with_tail(logp[b], k) for b in range(logp.shape[0])]
     return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])

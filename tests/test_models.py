@@ -23,6 +23,7 @@ from internalize.models import (
     save_artifact,
     teacher_mode,
 )
+from internalize.runtime import Runtime
 from internalize.views import prompt_ids
 
 MERGED = {"atol": 1e-4, "rtol": 1e-4}  # merging LoRA into the weights rounds a little differently
@@ -122,6 +123,11 @@ def test_load_model_auto_device(tiny_model_dir):
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert next(model.parameters()).device.type == expected
 
+
+def test_load_model_on_the_runtimes_device(tiny_model_dir):
+    """A runtime, when given, says where the model goes (model.device is not consulted)."""
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir), device="cuda:99"), Runtime.local("cpu"))
+    assert {p.device for p in model.parameters()} == {torch.device("cpu")}
 
 def test_load_model_unusable_device(tiny_model_dir):
     with pytest.raises(InternalizeError) as e:

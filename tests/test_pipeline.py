@@ -1,4 +1,5 @@
-"""pipeline.py: the tiny end-to-end ``distill`` run, its files, refusal to clobber, ``evaluate_artifact``."""
+"""pipeline.py and run.py: the tiny end-to-end ``distill`` run, its files, refusal to clobber, what a failed run
+keeps, the artifact's provenance, several behaviours, chains of runs, ``evaluate_artifact``."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import torch
 from conftest import TINY_INPUTS, tiny_config_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from internalize import distill, evaluate_artifact, pipeline
+from internalize import cache, distill, evaluate_artifact, pipeline
+from internalize import run as run_module
 from internalize.config import InternalizeError, config_from_dict, load_config
 from internalize.data import load_inputs
-from internalize.pipeline import RUN_FILES
-from internalize.teacher import teach
+from internalize.run import RUN_FILES
+from internalize.teacher import answer
 
 CONDITION_KEYS = {"agreement", "kl", "score", "n"}
 
@@ -27,7 +29,9 @@ def _snapshot(directory):
 def tiny_run(tiny_model_dir, tmp_path_factory):
     """One tiny distill run shared by the tests of this module: (cfg, metrics, output dir)."""
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    cfg = config_from_dict(tiny_config_dict(tiny_model_dir, out))
+    raw = tiny_config_dict(tiny_model_dir, out)
+    raw["eval"]["neutral_file"] = "builtin"  # the default: 20 everyday prompts shipped with the package
+    cfg = config_from_dict(raw)
     metrics = distill(cfg)
     return cfg, metrics, out
 
@@ -43,23 +47,21 @@ def test_distill_writes_the_run_files(tiny_run):
     assert load_config(out / "config.yaml") == cfg
 
 
-def test_distill_metrics(tiny_run):
+def test_distill_metrics_are_per_behaviour_and_agree_with_the_answers(tiny_run):
     _, metrics, out = tiny_run
     assert json.loads((out / "metrics.json").read_text()) == metrics
-    assert set(metrics) == {"base", "teacher", "student"}
-    for condition in metrics.values():
-        assert set(condition) == CONDITION_KEYS
-        assert condition["n"] == 4
-        assert 0.0 <= condition["score"] <= 1.0
-    assert metrics["teacher"]["agreement"] == 1.0
-    assert metrics["teacher"]["kl"] == 0.0
-    assert metrics["teacher"]["score"] == 1.0  # the tiny model answers "okay"; the scorer wants ^ok
+    assert list(metrics) == ["main"] and list(metrics["main"]) == ["base", "teacher", "student"]
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    for condition, m in metrics["main"].items():
+        assert set(m) == CONDITION_KEYS and m["n"] == 4
+        assert m["score"] == sum(r[condition].startswith("ok") for r in rows) / 4  # scorer_regex '^ok'
+    assert metrics["main"]["student"]["agreement"] == sum(r["student"] == r["teacher"] for r in rows) / 4
 
 
 def test_distill_writes_every_held_out_answer(tiny_run):
     cfg, _, out = tiny_run
     rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
-    assert [r["input"] for r in rows] == [r["input"] for r in load_inputs(cfg.data)[1]]
+    assert [r["input"] for r in rows] == [r["input"] for r in load_inputs(cfg.behaviours[0], cfg.data)[1]]
     assert all(set(r) == {"input", "base", "teacher", "student"} for r in rows)
     assert all(r["teacher"].startswith("ok") for r in rows)  # the tiny teacher answers "okay"
 
@@ -70,17 +72,17 @@ def test_distill_run_info(tiny_run):
     assert info["train_inputs"] == 8 and info["eval_inputs"] == 4
     assert info["train_answers"] == 8 and info["dropped"] == {}
     assert info["steps"] == 4
-    assert set(info["timings"]) == {"load", "teacher", "reference", "neutral_before", "eval_before", "train",
-                                    "eval_after", "save"}
+    assert list(info["timings"]) == ["load", "teacher", "reference", "neutral_before", "eval_before", "train", "save",
+                                     "eval_after"]
     # the forgetting check is in every report: by default on the 20 prompts shipped with the package
-    assert info["forgetting"]["n"] == 20 and 0.0 <= info["forgetting"]["agreement_with_original"] <= 1.0
+    assert info["forgetting"]["n"] == 20
 
 
 def test_distill_report(tiny_run):
     _, metrics, out = tiny_run
     report = (out / "report.md").read_text()
     assert "| condition | score (user scorer) | agreement with teacher | KL(teacher || model) |" in report
-    for condition, m in metrics.items():
+    for condition, m in metrics["main"].items():
         assert f"| {condition} | {m['score']:.3f} | {m['agreement']:.3f} | {m['kl']:.3f} |" in report
     assert "over 4 steps" in report
     assert "## Side by side" in report
@@ -112,14 +114,15 @@ def test_evaluate_artifact(tiny_run, tmp_path):
     cfg, metrics, out = tiny_run
     eval_out = tmp_path / "eval"
     raw = tiny_config_dict(cfg.model.name, eval_out)
+    raw["eval"]["neutral_file"] = "builtin"
     again = evaluate_artifact(config_from_dict(raw), str(out / "model"))
-    assert set(again) == {"base", "teacher", "student"}
-    for condition in again.values():
-        assert set(condition) == CONDITION_KEYS
-    assert again["teacher"] == metrics["teacher"]
-    assert again["base"] == pytest.approx(metrics["base"], abs=1e-5)
-    # the merged artifact behaves like the in-memory student the run evaluated
-    assert again["student"] == pytest.approx(metrics["student"], abs=1e-4)
+    assert list(again) == ["main"] and set(again["main"]) == {"base", "teacher", "student"}
+    assert again["main"]["teacher"] == metrics["main"]["teacher"]
+    assert again["main"]["base"] == pytest.approx(metrics["main"]["base"], abs=1e-5)
+    # the saved artifact is the student the run evaluated
+    assert again["main"]["student"] == pytest.approx(metrics["main"]["student"], abs=1e-5)
+    eval_info = json.loads((eval_out / "run.json").read_text())
+    assert eval_info["forgetting"] == pytest.approx(json.loads((out / "run.json").read_text())["forgetting"], abs=1e-5)
     assert (eval_out / "report.md").is_file() and (eval_out / "metrics.json").is_file()
     assert not (eval_out / "loss.png").exists()
     assert not (eval_out / "model").exists()
@@ -149,7 +152,7 @@ def test_distill_overwrite_and_adapter_artifact(tiny_model_dir, tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
     assert (out / "model" / "adapter_config.json").is_file()
     student = evaluate_artifact(config_from_dict(tiny_config_dict(tiny_model_dir, tmp_path / "eval")), str(out / "model"))
-    assert student["student"] == pytest.approx(metrics["student"], abs=1e-4)
+    assert student["main"]["student"] == pytest.approx(metrics["main"]["student"], abs=1e-4)
 
 
 def test_distill_output_dir_is_a_file(tiny_model_dir, tmp_path):
@@ -164,10 +167,12 @@ def test_distill_full_finetune_with_regex_extractor(tiny_model_dir, tmp_path):
     raw["model"]["finetune"] = "full"
     raw["teacher"].update(extractor="regex", extract_pattern=r"o(k\w+)", top_k=0)
     raw["train"].update(max_steps=2, loss="jsd")
-    raw["eval"] = {"max_new_tokens": 8, "num_examples": 0}
-    metrics = distill(config_from_dict(raw))
+    raw["eval"].update(max_new_tokens=8, num_examples=0)
+    raw["eval"].pop("scorer_regex")
+    metrics = distill(config_from_dict(raw))["main"]
     assert set(metrics["base"]) == {"agreement", "kl", "n"}  # no scorer, no score
-    assert metrics["teacher"] == {"n": 4, "agreement": 1.0, "kl": 0.0}
+    rows = [json.loads(line) for line in (tmp_path / "run" / "answers.jsonl").read_text().splitlines()]
+    assert all(r["teacher"] == "kay" for r in rows)  # the extracted answer: 'o(k\w+)' on "okay"
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
 
 
@@ -186,7 +191,9 @@ def test_distill_failed_teacher_does_not_block_the_rerun(tiny_model_dir, tmp_pat
         distill(config_from_dict(raw))
     raw["teacher"].update(extractor="none", extract_pattern="")
     raw["train"]["max_steps"] = 1
-    distill(config_from_dict(raw))
+    metrics = distill(config_from_dict(raw))  # no --overwrite needed: the failed run left nothing
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["steps"] == 1
 
 
 def test_distill_bad_inputs_write_nothing(tiny_model_dir, tmp_path):
@@ -215,7 +222,6 @@ def test_forgetting_check_compares_the_student_with_the_original_model(tiny_mode
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     forgetting = run["forgetting"]
     assert forgetting["n"] == 3
-    assert 0.0 <= forgetting["agreement_with_original"] <= 1.0
     assert forgetting["kl_original_student"] > 0.0  # training changed the model on prompts it never saw
     assert "Forgetting check on 3 neutral prompts" in (tmp_path / "run" / "report.md").read_text()
 
@@ -256,9 +262,9 @@ def test_distill_several_contexts_routes_each_input_and_scores_each_behaviour(ti
     from internalize import pipeline
 
     seen = []
-    real = pipeline.teach
-    monkeypatch.setattr(pipeline, "teach", lambda m, t, records, cfg, **k: seen.append(
-        (cfg.context, [r["input"] for r in records])) or real(m, t, records, cfg, **k))
+    real = pipeline.answer
+    monkeypatch.setattr(pipeline, "answer", lambda m, t, records, prompt, *a, **k: seen.append(
+        (prompt.context, [r["input"] for r in records])) or real(m, t, records, prompt, *a, **k))
     metrics = distill(config_from_dict(_multi_settings(tiny_model_dir, tmp_path)))
     out = tmp_path / "multi"
     # each context taught its own training inputs, then its own held-out inputs
@@ -280,28 +286,49 @@ def test_distill_several_contexts_routes_each_input_and_scores_each_behaviour(ti
 def test_a_context_less_entry_teaches_the_models_own_behaviour(tiny_model_dir, tmp_path):
     settings = _multi_settings(tiny_model_dir, tmp_path, second_context="")
     metrics = distill(config_from_dict(settings))
-    assert metrics["two"]["teacher"]["agreement"] == 1.0
-    assert metrics["two"]["base"]["agreement"] == 1.0  # no context: the teacher is the model as it is
+    # no context: the teacher is the model as it is, so the base model agrees with it and its KL is 0
+    assert metrics["two"]["base"]["agreement"] == 1.0
+    assert metrics["two"]["base"]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert metrics["one"]["base"]["kl"] > 1e-5  # with a context the teacher's distributions differ
+
+
+def test_the_behaviours_form_runs_like_the_contexts_form(tiny_model_dir, tmp_path):
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    entries = settings["teacher"].pop("contexts")
+    del settings["teacher"]["context"], settings["eval"]["scorer_regex"]
+    settings["behaviours"] = [{"name": e["name"], "prompt": {"context": e["context"]}, "train_file": e["train_file"],
+                               "eval_file": e["eval_file"], "scorer_regex": e["scorer_regex"]} for e in entries]
+    settings["output"]["dir"] = str(tmp_path / "new")
+    new = distill(config_from_dict(settings))
+    old = distill(config_from_dict(_multi_settings(tiny_model_dir, tmp_path)))
+    assert new == old
+    saved = [load_config(tmp_path / name / "config.yaml") for name in ("new", "multi")]
+    assert saved[0].behaviours == saved[1].behaviours
 
 
 def test_contexts_need_one_context_and_valid_entries(tiny_model_dir, tmp_path):
     settings = _multi_settings(tiny_model_dir, tmp_path)
     for entry in settings["teacher"]["contexts"]:
         entry["context"] = ""
-    with pytest.raises(InternalizeError, match="no entry has a context"):
-        distill(config_from_dict(settings))
+    with pytest.raises(InternalizeError, match="no behaviour has a context"):
+        config_from_dict(settings)
     settings = _multi_settings(tiny_model_dir, tmp_path)
     settings["teacher"]["contexts"][1]["name"] = "one"
-    with pytest.raises(InternalizeError, match=r"teacher.contexts\[1\].name='one' is used twice"):
+    with pytest.raises(InternalizeError, match=r"behaviours: the name 'one' is used twice"):
         config_from_dict(settings)
     settings = _multi_settings(tiny_model_dir, tmp_path)
     settings["teacher"]["contexts"][0]["eval_fle"] = "x"
-    with pytest.raises(InternalizeError, match=r"teacher.contexts\[0\] has unknown key\(s\) \['eval_fle'\]"):
+    with pytest.raises(InternalizeError, match=r"unknown config key 'teacher.contexts\[0\].eval_fle'; did you mean "
+                                               r"'teacher.contexts\[0\].eval_file'"):
+        config_from_dict(settings)
+    settings = _multi_settings(tiny_model_dir, tmp_path)
+    del settings["teacher"]["contexts"][0]["name"]
+    with pytest.raises(InternalizeError, match=r"teacher.contexts\[0\].name is missing"):
         config_from_dict(settings)
     settings = _multi_settings(tiny_model_dir, tmp_path)
     del settings["teacher"]["contexts"][0]["train_file"]
-    with pytest.raises(InternalizeError, match=r"teacher.contexts\[0\].train_file is missing"):
-        config_from_dict(settings)
+    with pytest.raises(InternalizeError, match=r"no training inputs: set teacher.contexts\[0\].train_file"):
+        distill(config_from_dict(settings))
 
 
 def test_missing_context_file_names_the_key(tiny_model_dir, tmp_path):
@@ -334,9 +361,9 @@ def test_fine_tuning_on_given_outputs_learns_them_without_running_the_teacher(ti
     raw["train"].update(targets="data", loss="ce", max_steps=0, epochs=20, lr=1e-2, warmup_ratio=0.0)
     raw["eval"]["scorer_regex"] = "^zz$"
     ran = []
-    monkeypatch.setattr(pipeline, "teach", lambda *a, **k: ran.append(k["desc"]) or teach(*a, **k))
-    metrics = distill(config_from_dict(raw))
-    assert ran == ["teacher[main eval]", "base[neutral]"]  # held-out reference and forgetting check only
+    monkeypatch.setattr(pipeline, "answer", lambda *a, **k: ran.append(k["desc"]) or answer(*a, **k))
+    metrics = distill(config_from_dict(raw))["main"]
+    assert ran == ["teacher[main eval]"]  # the held-out reference only
     assert metrics["base"]["score"] == metrics["teacher"]["score"] == 0.0  # no context: the teacher is the base
     assert metrics["student"]["score"] == 1.0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -349,7 +376,7 @@ def test_distill_with_examples_split_over_several_contexts(tiny_model_dir, tmp_p
     raw["teacher"].update(demonstrations=[{"input": f"q{i}", "output": "ok"} for i in range(4)],
                           demonstrations_per_context=2, combine=combine)
     metrics = distill(config_from_dict(raw))
-    assert set(metrics) == {"base", "teacher", "student"}
+    assert set(metrics["main"]) == {"base", "teacher", "student"}
     how = "averaged token by token" if combine == "average" else "input i taught by context i mod n"
     assert f"4 demonstration turn(s) in 2 contexts of up to 2 ({how})" in (tmp_path / "run" / "report.md").read_text()
 
@@ -359,6 +386,72 @@ def test_the_chain_names_a_fine_tuning_run_by_its_data(tmp_path):
     (run / "model").mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"started_from": {"model": "smollm2-135m"}}))
     (run / "config.yaml").write_text("train: {targets: data}\ndata: {train_file: sp.jsonl}\nteacher: {context: ''}\n")
-    origin = pipeline._origin(str(run / "model"), str(run / "model"))
+    origin = run_module.origin(str(run / "model"), str(run / "model"))
     assert origin["run"]["added"] == ["fine-tuning on sp.jsonl"]
     assert origin["run"]["started_from"] == {"model": "smollm2-135m"}
+
+
+# --- what a run keeps: failures, provenance, the teacher's weights hashed once -------------------------------
+
+
+def test_a_run_that_fails_after_training_keeps_the_trained_model(tiny_model_dir, tmp_path, monkeypatch):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(pipeline, "write_report", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        distill(config_from_dict(raw))
+    out = tmp_path / "run"
+    assert AutoModelForCausalLM.from_pretrained(out / "model") is not None  # the trained weights survive
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "failed" and info["after_stage"] == "eval_after" and "disk full" in info["error"]
+    assert (out / "config.yaml").is_file()
+    with pytest.raises(InternalizeError, match="already holds a run"):  # and are not replaced silently
+        distill(config_from_dict(raw))
+
+
+def test_a_run_interrupted_before_its_model_is_saved_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill(config_from_dict(raw))
+    assert not any((tmp_path / "run" / name).exists() for name in RUN_FILES)
+
+
+def test_the_artifact_says_what_it_is_wherever_it_is_copied(tiny_run, tmp_path):
+    import shutil
+
+    cfg, metrics, out = tiny_run
+    provenance = json.loads((out / "model" / "internalize.json").read_text())
+    assert provenance["metrics"] == metrics
+    assert provenance["added"] == ["Answer in one word."]
+    assert provenance["origin"] == {"model": cfg.model.name, "path": cfg.model.name}
+    assert config_from_dict(provenance["config"]) == cfg
+    copied = tmp_path / "elsewhere" / "student"
+    shutil.copytree(out / "model", copied)
+    settings = tiny_config_dict(cfg.model.name, tmp_path / "next")
+    settings["model"]["name"] = str(copied)
+    settings["teacher"]["context"] = "Answer in French."
+    settings["train"]["max_steps"] = 1
+    distill(config_from_dict(settings))
+    chain = json.loads((tmp_path / "next" / "run.json").read_text())["started_from"]
+    assert chain["run"]["added"] == ["Answer in one word."]  # read from the copy's own provenance
+    assert chain["run"]["started_from"]["model"] == cfg.model.name
+    second = json.loads((tmp_path / "next" / "model" / "internalize.json").read_text())
+    assert second["origin"] == chain and second["added"] == ["Answer in French."]
+
+
+def test_a_run_hashes_the_teachers_weights_once(tiny_model_dir, tmp_path, monkeypatch):
+    hashed = []
+    real = cache.hashlib.sha1
+    monkeypatch.setattr(cache.hashlib, "sha1", lambda **k: hashed.append(1) or real(**k))
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["eval"]["neutral_file"] = "builtin"  # three teacher runs: training inputs, held-out inputs, neutral prompts
+    distill(config_from_dict(raw))
+    assert len(hashed) == 1

@@ -158,15 +158,15 @@ def test_warm_up_with_examples_shows_other_questions_of_the_same_database() -> N
 
 
 def test_a_teacher_with_the_examples_before_the_input_sees_the_warm_up_prompt() -> None:
-    from internalize.config import TeacherConfig
+    from internalize.config import PromptConfig
     from internalize.views import chat_messages
 
     record, *examples = questions("zoo-7", 5)
     shown = [{"role": "user", "content": with_examples(record, examples)["input"]}]
-    teacher = TeacherConfig(context=EXAMPLES_HEADER, demonstrations=demonstrations(examples), position="before_input",
-                            demonstration_template=EXAMPLE_TEMPLATE)
+    teacher = PromptConfig(context=EXAMPLES_HEADER, demonstrations=demonstrations(examples), position="before_input",
+                           demonstration_template=EXAMPLE_TEMPLATE)
     assert chat_messages(record["input"], teacher) == shown
-    assert chat_messages(record["input"], TeacherConfig(context=examples_block(examples), position="before_input")) == shown
+    assert chat_messages(record["input"], PromptConfig(context=examples_block(examples), position="before_input")) == shown
     halves = dataclasses.replace(teacher, demonstrations_per_context=2).split()
     assert [chat_messages(record["input"], c) for c in halves] == [
         [{"role": "user", "content": with_examples(record, examples[i : i + 2])["input"]}] for i in (0, 2)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 from conftest import tiny_config_dict, write_yaml
 
 from internalize.cli import main
 from internalize.config import InternalizeError, SynthesizeConfig, config_from_dict
+from internalize.runtime import Runtime
 from internalize.synthesis import (
     InputFilter,
     candidate_lines,
@@ -90,7 +92,7 @@ def test_synthesize_writes_jsonl_and_provenance(tiny, tmp_path):
     model, tokenizer = tiny
     cfg = SynthesizeConfig(task="Anything.", seeds=SEEDS, count=1, min_chars=1, batch_size=4, max_new_tokens=8)
     out = tmp_path / "syn" / "inputs.jsonl"
-    records, summary = synthesize(model, tokenizer, cfg, out, "tiny")
+    records, summary = synthesize(model, tokenizer, cfg, out, Runtime.local("cpu"), "tiny")
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert lines == records and len(records) == 1 and set(records[0]) == {"input"}
     provenance = json.loads(out.with_suffix(".provenance.json").read_text())
@@ -103,7 +105,7 @@ def test_synthesize_writes_jsonl_and_provenance(tiny, tmp_path):
 def test_synthesis_stops_when_the_model_keeps_repeating(tiny, tmp_path):
     model, tokenizer = tiny  # answers "okay" to everything: one keeper, then duplicates only
     cfg = SynthesizeConfig(seeds=SEEDS, count=5, min_chars=1, batch_size=4, max_new_tokens=8, max_batches=3)
-    records, summary = synthesize(model, tokenizer, cfg, tmp_path / "s.jsonl")
+    records, summary = synthesize(model, tokenizer, cfg, tmp_path / "s.jsonl", Runtime.local("cpu"))
     assert summary["batches"] == 3 and summary["reached_target"] is False
     assert len(records) < 5
     assert summary["dropped"].get("exact duplicate", 0) > 0
@@ -115,7 +117,7 @@ def test_nothing_kept_is_an_error_and_nothing_written(tiny, tmp_path):
     cfg = SynthesizeConfig(seeds=SEEDS, count=2, min_chars=200, max_chars=300, batch_size=2, max_new_tokens=4,
                            max_batches=1)
     with pytest.raises(InternalizeError, match="kept no inputs"):
-        synthesize(model, tokenizer, cfg, tmp_path / "s.jsonl")
+        synthesize(model, tokenizer, cfg, tmp_path / "s.jsonl", Runtime.local("cpu"))
     assert not (tmp_path / "s.jsonl").exists()
 
 
@@ -171,6 +173,24 @@ def test_cli_synthesize_validator_that_raises(tiny_model_dir, tmp_path, capsys, 
     assert not os.path.exists(tmp_path / "run" / "synthesized.jsonl")
 
 
+def test_cli_synthesize_validator_beside_the_config_from_another_directory(tiny_model_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    module = "internalize_test_validator_beside_config"
+    (tmp_path / f"{module}.py").write_text("def check(text):\n    raise RuntimeError('found beside the config')\n")
+    path = _synth_config(tiny_model_dir, tmp_path, seeds=SEEDS, validator=f"{module}:check")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    before = list(sys.path)
+    try:
+        assert main(["-q", "synthesize", path]) == 2
+    finally:
+        sys.modules.pop(module, None)
+    err = capsys.readouterr().err.strip()
+    assert "RuntimeError: found beside the config" in err and len(err.splitlines()) == 1
+    assert sys.path == before
+
+
 def test_distill_uses_synthesized_inputs(tiny_model_dir, tmp_path):
     from internalize import distill, load_config
 
@@ -179,7 +199,8 @@ def test_distill_uses_synthesized_inputs(tiny_model_dir, tmp_path):
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert (tmp_path / "run" / "synthesized.jsonl").is_file()
     assert run["train_inputs"] >= 1 and run["eval_inputs"] == 2
-    assert set(metrics) == {"base", "teacher", "student"}
+    assert set(metrics) == {"main"}
+    assert set(metrics["main"]) == {"base", "teacher", "student"}
 
 
 def test_synthesize_then_distill_from_that_file_in_the_same_run_dir(tiny_model_dir, tmp_path):
@@ -190,5 +211,6 @@ def test_synthesize_then_distill_from_that_file_in_the_same_run_dir(tiny_model_d
     inputs = tmp_path / "run" / "synthesized.jsonl"
     written = inputs.read_text()
     metrics = distill(load_config(path, [f"data.train_file={inputs}", "data.num_eval=0"]))
-    assert set(metrics) == {"base", "teacher", "student"}
+    assert set(metrics) == {"main"}
+    assert set(metrics["main"]) == {"base", "teacher", "student"}
     assert inputs.read_text() == written  # the input file is neither refused, cleared nor rewritten

@@ -1,4 +1,4 @@
-"""teacher.py: answer extraction and ``teach`` (generate, extract, score) on the tiny model."""
+"""teacher.py: answer extraction and ``answer`` (generate, extract, score) on the tiny model; targets.py's types."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
 from internalize import teacher
-from internalize.config import InternalizeError, TeacherConfig
+from internalize.config import InternalizeError, PromptConfig, TeacherConfig
 from internalize.decoding import Generation
-from internalize.decoding import topk_with_tail as _topk_with_tail
-from internalize.teacher import TeacherTargets, _score, extract_answer, given_answers, teach
+from internalize.runtime import Runtime
+from internalize.targets import Reference, Targets
+from internalize.targets import topk_with_tail as _topk_with_tail
+from internalize.teacher import extract_answer, given_answers, score
 from internalize.views import View, answer_ids, prompt_ids
+
+RUNTIME = Runtime.local("cpu")
+
 
 # --- extract_answer ----------------------------------------------------------------------------
 
@@ -93,34 +98,35 @@ def test_topk_with_tail_shapes_and_mass():
     torch.testing.assert_close(values[:, 5], tail, atol=1e-4, rtol=1e-4)
 
 
-# --- teach on the tiny model ----------------------------------------------------------------------
+# --- teacher.answer on the tiny model ---------------------------------------------------------------
 
 
-def _check_aligned(targets: TeacherTargets, tok, cfg: TeacherConfig) -> None:
+def _check_aligned(targets: Targets, tok, prompt: PromptConfig) -> None:
     for record, t_view, s_view, answer in zip(targets.records, targets.teacher_views, targets.student_views,
                                               targets.answers, strict=True):
         assert t_view.answer_ids == s_view.answer_ids == answer_ids(tok, answer)
         assert t_view.answer_ids[-1] == tok.eos_token_id
         assert s_view.prompt_ids == prompt_ids(tok, record["input"])
-        teacher_prompt = prompt_ids(tok, record["input"], cfg)
+        teacher_prompt = prompt_ids(tok, record["input"], prompt)
         assert t_view.prompt_ids[: len(teacher_prompt)] == teacher_prompt
 
 
-def test_teach_none_extractor_topk(tiny):
+def test_answer_none_extractor_topk(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="Answer in one word.", max_new_tokens=8, top_k=8, batch_size=5)
+    prompt = PromptConfig(context="Answer in one word.")
+    cfg = TeacherConfig(max_new_tokens=8, top_k=8, batch_size=5)
     records = [{"input": x, "i": i} for i, x in enumerate(TINY_INPUTS[:6])]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     assert len(targets) == 6 and targets.dropped == {}
     assert targets.answers == [TINY_ANSWER] * 6
-    assert targets.all_answers == [TINY_ANSWER] * 6
+    assert Reference.from_targets(targets, len(records)).answers == [TINY_ANSWER] * 6
     assert targets.generations == [TINY_ANSWER] * 6
     assert targets.source == list(range(6))
     assert targets.records == records  # extra fields kept
-    _check_aligned(targets, tok, cfg)
+    _check_aligned(targets, tok, prompt)
     for record, t_view, logp, ids in zip(records, targets.teacher_views, targets.logp, targets.ids, strict=True):
         A = len(t_view.answer_ids)
-        assert t_view.prompt_ids == prompt_ids(tok, record["input"], cfg)  # no scratch-pad with extractor none
+        assert t_view.prompt_ids == prompt_ids(tok, record["input"], prompt)  # no scratch-pad with extractor none
         assert logp.shape == (A, 9) and ids.shape == (A, 8)
         assert logp.dtype == torch.float32
         assert (logp <= 0).all()
@@ -130,11 +136,12 @@ def test_teach_none_extractor_topk(tiny):
         assert ids[:, 0].tolist() == list(t_view.answer_ids)
 
 
-def test_teach_logp_equal_the_models_distribution(tiny):
+def test_answer_logp_equal_the_models_distribution(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="Be brief.", position="after_input", max_new_tokens=8, top_k=0, batch_size=3)
+    prompt = PromptConfig(context="Be brief.", position="after_input")
+    cfg = TeacherConfig(max_new_tokens=8, top_k=0, batch_size=3)
     records = [{"input": x} for x in TINY_INPUTS[:3]]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     assert targets.ids is None
     for view, logp in zip(targets.teacher_views, targets.logp, strict=True):
         seq = torch.tensor([view.prompt_ids + view.answer_ids])
@@ -146,26 +153,36 @@ def test_teach_logp_equal_the_models_distribution(tiny):
         torch.testing.assert_close(logp.exp().sum(-1), torch.ones(A), atol=1e-5, rtol=0)
 
 
-def test_teach_top_k_covering_the_vocabulary_uses_the_full_form(tiny):
+def test_answer_top_k_covering_the_vocabulary_uses_the_full_form(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="c", max_new_tokens=8, top_k=len(tok))
-    targets = teach(model, tok, [{"input": "hi"}], cfg)
+    cfg = TeacherConfig(max_new_tokens=8, top_k=len(tok))
+    targets = teacher.answer(model, tok, [{"input": "hi"}], PromptConfig(context="c"), cfg, RUNTIME)
     assert targets.ids is None
     assert targets.logp[0].shape[-1] == len(tok)
 
 
-def test_teach_delimiter_keeps_scratch_pad_in_teacher_view(tiny):
+def test_answer_without_a_prompt_is_the_model_alone(tiny):
+    """``prompt=None`` (the forgetting check's reference): the teacher sees what the student sees."""
     model, tok = tiny
-    cfg = TeacherConfig(context="Think first.", max_new_tokens=8, extractor="delimiter", extract_pattern="ok",
-                        top_k=4, batch_size=2)
     records = [{"input": x} for x in TINY_INPUTS[:3]]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, None, TeacherConfig(max_new_tokens=8, top_k=4), RUNTIME)
+    assert targets.answers == [TINY_ANSWER] * 3
+    assert targets.teacher_views == targets.student_views
+    assert [v.prompt_ids for v in targets.student_views] == [prompt_ids(tok, r["input"]) for r in records]
+
+
+def test_answer_delimiter_keeps_scratch_pad_in_teacher_view(tiny):
+    model, tok = tiny
+    prompt = PromptConfig(context="Think first.")
+    cfg = TeacherConfig(max_new_tokens=8, extractor="delimiter", extract_pattern="ok", top_k=4, batch_size=2)
+    records = [{"input": x} for x in TINY_INPUTS[:3]]
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     assert targets.answers == ["ay"] * 3
     assert targets.generations == [TINY_ANSWER] * 3
-    _check_aligned(targets, tok, cfg)
+    _check_aligned(targets, tok, prompt)
     for record, view, logp, ids in zip(records, targets.teacher_views, targets.logp, targets.ids, strict=True):
         scratch = tuple(tok("ok", add_special_tokens=False).input_ids)
-        assert view.prompt_ids == prompt_ids(tok, record["input"], cfg) + scratch
+        assert view.prompt_ids == prompt_ids(tok, record["input"], prompt) + scratch
         assert view.answer_ids == answer_ids(tok, "ay")
         seq = torch.tensor([view.prompt_ids + view.answer_ids])
         with torch.no_grad():
@@ -177,34 +194,45 @@ def test_teach_delimiter_keeps_scratch_pad_in_teacher_view(tiny):
 
 
 def _spy_on_score(monkeypatch) -> list[int]:
-    """Record how many views each call of teacher._score scores."""
+    """Record how many views each call of teacher.score scores."""
     calls: list[int] = []
 
     def spy(model, tok, views, *args, **kwargs):
         calls.append(len(views))
-        return _score(model, tok, views, *args, **kwargs)
+        return score(model, tok, views, *args, **kwargs)
 
-    monkeypatch.setattr(teacher, "_score", spy)
+    monkeypatch.setattr(teacher, "score", spy)
     return calls
 
 
-def _assert_scored_afresh(model, tok, targets) -> None:
-    """Each kept answer's targets equal a fresh forward pass over its teacher view."""
-    for (logp, ids), got, got_ids in zip(_score(model, tok, targets.teacher_views, 4, 2, "check"), targets.logp,
-                                         targets.ids, strict=True):
+def _assert_scored_afresh(model, tok, targets, top_k: int) -> None:
+    """Each kept answer's targets equal ``teacher.score`` (a fresh forward pass) over its teacher view."""
+    assert len(targets) > 0
+    fresh = score(model, tok, targets.teacher_views, top_k, 2, RUNTIME, "check")
+    assert len(fresh) == len(targets)
+    for n, ((logp, ids), got) in enumerate(zip(fresh, targets.logp, strict=True)):
         torch.testing.assert_close(got, logp, atol=1e-5, rtol=1e-5)
-        assert torch.equal(got_ids, ids)
+        if top_k:
+            assert torch.equal(targets.ids[n], ids)
+        else:
+            assert ids is None and targets.ids is None
 
 
-def test_an_extracted_answer_as_generated_keeps_the_generations_distributions(tiny, monkeypatch, caplog):
+@pytest.mark.parametrize(("extractor", "top_k"), [("delimiter", 4), ("none", 4), ("none", 0)])
+def test_score_on_the_teachers_views_gives_the_distributions_recorded_while_generating(
+        tiny, monkeypatch, caplog, extractor, top_k):
+    """Answers as generated keep the generation's distributions (no second pass), and they are the model's."""
     model, tok = tiny
-    cfg = TeacherConfig(context="Think first.", max_new_tokens=8, extractor="delimiter", extract_pattern="ok",
-                        top_k=4, batch_size=2)
+    cfg = TeacherConfig(max_new_tokens=8, extractor=extractor, extract_pattern="ok" * (extractor != "none"),
+                        top_k=top_k, batch_size=2)
     calls = _spy_on_score(monkeypatch)
     with caplog.at_level(logging.INFO, logger="internalize.teacher"):
-        targets = teach(model, tok, [{"input": x} for x in TINY_INPUTS[:3]], cfg)
-    assert calls == [] and "3 of 3 answers took their distributions from the generation, 0 were" in caplog.text
-    _assert_scored_afresh(model, tok, targets)
+        targets = teacher.answer(model, tok, [{"input": x} for x in TINY_INPUTS[:3]], PromptConfig(context="Think first."),
+                                 cfg, RUNTIME)
+    assert calls == [] and len(targets) == 3
+    if extractor != "none":
+        assert "3 of 3 answers took their distributions from the generation, 0 were" in caplog.text
+    _assert_scored_afresh(model, tok, targets, top_k)
 
 
 def test_an_answer_tokenized_unlike_its_generation_is_scored_again(tiny, monkeypatch):
@@ -217,88 +245,121 @@ def test_an_answer_tokenized_unlike_its_generation_is_scored_again(tiny, monkeyp
     monkeypatch.setattr(teacher, "generate", lambda *a, **k: [[Generation("ok:yes", True, written, noise, noise[:, :4])]
                                                               for _ in records])
     calls = _spy_on_score(monkeypatch)
-    targets = teach(model, tok, records, TeacherConfig(context="Think first.", extractor="delimiter",
-                                                       extract_pattern=":", top_k=4))
+    targets = teacher.answer(model, tok, records, PromptConfig(context="Think first."),
+                             TeacherConfig(extractor="delimiter", extract_pattern=":", top_k=4), RUNTIME)
     assert calls == [2]
-    _assert_scored_afresh(model, tok, targets)
+    _assert_scored_afresh(model, tok, targets, 4)
 
 
-def test_teach_counts_answers_that_cannot_be_extracted(tiny):
+def test_answer_counts_answers_that_cannot_be_extracted(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="c", max_new_tokens=8, extractor="regex", extract_pattern=r"NEVER\d{9}")
+    cfg = TeacherConfig(max_new_tokens=8, extractor="regex", extract_pattern=r"NEVER\d{9}")
     records = [{"input": x} for x in TINY_INPUTS[:5]]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, PromptConfig(context="c"), cfg, RUNTIME)
     assert len(targets) == 0
     assert targets.dropped == {"answer not extracted": 5}
-    assert targets.all_answers == [None] * 5
+    assert Reference.from_targets(targets, len(records)).answers == [None] * 5
     assert targets.logp == []
     assert targets.teacher_views == [] and targets.student_views == []
 
 
-def test_teach_counts_unfinished_generations(tiny):
+def test_answer_counts_unfinished_generations(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="c", max_new_tokens=2)  # "okay" + eos needs 5 tokens
-    targets = teach(model, tok, [{"input": x} for x in TINY_INPUTS[:3]], cfg)
+    cfg = TeacherConfig(max_new_tokens=2)  # "okay" + eos needs 5 tokens
+    records = [{"input": x} for x in TINY_INPUTS[:3]]
+    targets = teacher.answer(model, tok, records, PromptConfig(context="c"), cfg, RUNTIME)
     assert len(targets) == 0
     assert targets.dropped == {"unfinished (raise teacher.max_new_tokens)": 3}
-    assert targets.all_answers == [None] * 3
+    assert Reference.from_targets(targets, len(records)).answers == [None] * 3
 
 
-def test_teach_several_samples(tiny):
+def test_answer_several_samples(tiny):
     model, tok = tiny
     torch.manual_seed(0)
-    cfg = TeacherConfig(context="c", max_new_tokens=8, do_sample=True, num_samples=3, temperature=0.5, top_k=4)
+    prompt = PromptConfig(context="c")
+    cfg = TeacherConfig(max_new_tokens=8, do_sample=True, num_samples=3, temperature=0.5, top_k=4)
     records = [{"input": x} for x in TINY_INPUTS[:2]]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     kept = len(targets)
     assert kept + sum(targets.dropped.values()) == 6
-    assert len(targets.all_answers) == 2
+    assert len(Reference.from_targets(targets, len(records)).answers) == 2
     assert targets.source == sorted(targets.source)
     assert all(targets.records[n] is records[i] for n, i in enumerate(targets.source))
-    _check_aligned(targets, tok, cfg)
+    _check_aligned(targets, tok, prompt)
 
 
-def test_teach_restores_training_mode(tiny):
+def test_answer_restores_training_mode(tiny):
     model, tok = tiny
     model.train()
-    teach(model, tok, [{"input": "hi"}], TeacherConfig(context="c", max_new_tokens=8))
+    teacher.answer(model, tok, [{"input": "hi"}], PromptConfig(context="c"), TeacherConfig(max_new_tokens=8), RUNTIME)
     assert model.training
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_teacher_targets_len():
-    targets = TeacherTargets(answers=["a", "b"], teacher_views=[View((1,), (2,))] * 2)
+# --- targets.Targets and targets.Reference -------------------------------------------------------------
+
+
+def test_targets_len():
+    targets = Targets(answers=["a", "b"], teacher_views=[View((1,), (2,))] * 2)
     assert len(targets) == 2
 
 
-def test_teacher_targets_concat_keeps_every_field_in_order():
+def test_targets_concat_keeps_every_field_in_order():
     def part(tag, n, ids=True):
-        return TeacherTargets(records=[{"input": f"{tag}{i}"} for i in range(n)], source=list(range(n)),
-                              generations=[f"g{tag}{i}" for i in range(n)], answers=[f"a{tag}{i}" for i in range(n)],
-                              teacher_views=[View((i,), (9,)) for i in range(n)],
-                              student_views=[View((i, i), (9,)) for i in range(n)],
-                              logp=[torch.full((1, 3), float(i)) for i in range(n)],
-                              ids=[torch.zeros(1, 2, dtype=torch.long)] * n if ids else None,
-                              dropped={"unfinished": 1}, all_answers=[f"a{tag}{i}" for i in range(n)])
+        return Targets(records=[{"input": f"{tag}{i}"} for i in range(n)], source=list(range(n)),
+                       generations=[f"g{tag}{i}" for i in range(n)], answers=[f"a{tag}{i}" for i in range(n)],
+                       teacher_views=[View((i,), (9,)) for i in range(n)],
+                       student_views=[View((i, i), (9,)) for i in range(n)],
+                       logp=[torch.full((1, 3), float(i)) for i in range(n)],
+                       ids=[torch.zeros(1, 2, dtype=torch.long)] * n if ids else None,
+                       dropped={"unfinished": 1})
 
-    both = TeacherTargets.concat([part("x", 2), part("y", 3)])
+    both = Targets.concat([part("x", 2), part("y", 3)])
     assert len(both) == 5 and both.answers == ["ax0", "ax1", "ay0", "ay1", "ay2"]
     assert [r["input"] for r in both.records] == ["x0", "x1", "y0", "y1", "y2"]
-    assert len(both.ids) == 5 and both.dropped == {"unfinished": 2} and len(both.all_answers) == 5
-    assert TeacherTargets.concat([part("x", 2), part("y", 1, ids=False)]).ids is None
+    assert both.generations == ["gx0", "gx1", "gy0", "gy1", "gy2"] and both.source == [0, 1, 0, 1, 2]
+    assert [v.prompt_ids for v in both.student_views] == [(0, 0), (1, 1), (0, 0), (1, 1), (2, 2)]
+    assert [x[0, 0].item() for x in both.logp] == [0.0, 1.0, 0.0, 1.0, 2.0]
+    assert len(both.ids) == 5 and both.dropped == {"unfinished": 2}
+    assert Targets.concat([part("x", 2), part("y", 1, ids=False)]).ids is None
     single = part("z", 1)
-    assert TeacherTargets.concat([single]) is single
+    assert Targets.concat([single]) is single
+
+
+def test_reference_from_targets_is_each_inputs_first_kept_answer():
+    targets = Targets(source=[0, 2, 2, 4], answers=["a", "b", "c", "d"])
+    reference = Reference.from_targets(targets, num_inputs=6)
+    assert reference.answers == ["a", None, "b", None, "d", None]  # inputs 1, 3 and 5 kept nothing
+    assert reference.targets is targets
+    assert Reference.from_targets(Targets(), 3).answers == [None, None, None]
+
+
+def test_reference_from_the_teacher_is_none_where_its_sample_was_dropped(tiny, monkeypatch):
+    """Inputs whose generation was dropped get None, the others the teacher's answer, in input order."""
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:5]]
+    okay, unfinished = tuple(answer_ids(tok, "okay")), tuple(answer_ids(tok, "ok")[:-1])
+
+    def generate(model, tok, prompts, *args, **kwargs):  # inputs 1 and 3 never finish
+        return [[Generation("ok", False, unfinished) if i in (1, 3) else Generation(f"okay{i}", True, okay)]
+                for i in range(len(prompts))]
+
+    monkeypatch.setattr(teacher, "generate", generate)
+    targets = teacher.answer(model, tok, records, PromptConfig(context="c"), TeacherConfig(top_k=4), RUNTIME)
+    assert targets.source == [0, 2, 4] and targets.dropped == {"unfinished (raise teacher.max_new_tokens)": 2}
+    assert Reference.from_targets(targets, len(records)).answers == ["okay0", None, "okay2", None, "okay4"]
 
 
 def test_given_answers_are_the_records_outputs_in_both_views(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="Be brief.", position="before_input")
+    prompt = PromptConfig(context="Be brief.", position="before_input")
     records = [{"input": "hello", "output": " ok fine "}, {"input": "bye", "output": "see you"}]
-    targets = given_answers(tok, records, cfg)
-    assert targets.answers == ["ok fine", "see you"] and targets.all_answers == targets.answers
+    targets = given_answers(tok, records, prompt)
+    assert targets.answers == ["ok fine", "see you"]
+    assert Reference.from_targets(targets, len(records)).answers == targets.answers
     for record, t, s in zip(records, targets.teacher_views, targets.student_views, strict=True):
         assert t.answer_ids == s.answer_ids == answer_ids(tok, record["output"].strip())
-        assert t.prompt_ids == prompt_ids(tok, record["input"], cfg) and s.prompt_ids == prompt_ids(tok, record["input"])
+        assert t.prompt_ids == prompt_ids(tok, record["input"], prompt) and s.prompt_ids == prompt_ids(tok, record["input"])
     assert [x.shape for x in targets.logp] == [(len(v.answer_ids), 0) for v in targets.student_views]
     longest = max(len(v.answer_ids) for v in targets.student_views)
     logp, ids = targets.stacked([0, 1], longest)
@@ -308,20 +369,21 @@ def test_given_answers_are_the_records_outputs_in_both_views(tiny):
 def test_given_answers_name_the_file_and_record_without_output(tiny):
     _, tok = tiny
     with pytest.raises(InternalizeError, match=r"data/x\.jsonl: record 2 has no 'output' text"):
-        given_answers(tok, [{"input": "a", "output": "b"}, {"input": "c"}], TeacherConfig(), "data/x.jsonl")
+        given_answers(tok, [{"input": "a", "output": "b"}, {"input": "c"}], PromptConfig(), "data/x.jsonl")
 
 
-def test_teach_keeps_the_space_before_an_extracted_answer_with_the_answer(tiny, monkeypatch):
+def test_answer_keeps_the_space_before_an_extracted_answer_with_the_answer(tiny, monkeypatch):
     model, tok = tiny
     records = [{"input": x} for x in TINY_INPUTS[:2]]
     written = tuple(tok("ok: yes", add_special_tokens=False).input_ids) + (tok.eos_token_id,)
     monkeypatch.setattr(teacher, "generate", lambda *a, **k: [[Generation("ok: yes", True, written)] for _ in records])
-    cfg = TeacherConfig(context="Think first.", extractor="delimiter", extract_pattern=":", top_k=4)
-    targets = teach(model, tok, records, cfg)
+    prompt = PromptConfig(context="Think first.")
+    cfg = TeacherConfig(extractor="delimiter", extract_pattern=":", top_k=4)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     assert targets.answers == ["yes"] * 2  # the text is stripped; the ids keep the space, as the teacher wrote it
     for record, t, s in zip(records, targets.teacher_views, targets.student_views, strict=True):
         assert t.answer_ids == s.answer_ids == answer_ids(tok, " yes")
-        assert t.prompt_ids == prompt_ids(tok, record["input"], cfg) + tuple(tok("ok:", add_special_tokens=False).input_ids)
+        assert t.prompt_ids == prompt_ids(tok, record["input"], prompt) + tuple(tok("ok:", add_special_tokens=False).input_ids)
 
 
 # --- several contexts for one task: demonstrations split into chunks, averaged or routed -----------
@@ -340,12 +402,13 @@ def _single_context_logp(model, tok, record, context, answer):
 @pytest.mark.parametrize("extractor", ["none", "delimiter"])
 def test_averaged_teacher_is_the_mean_of_the_single_context_distributions(tiny, extractor):
     model, tok = tiny
-    cfg = TeacherConfig(context="Answer.", demonstrations=DEMOS, demonstrations_per_context=2, top_k=0,
-                        max_new_tokens=8, batch_size=2, extractor=extractor, extract_pattern="o" * (extractor != "none"))
-    contexts = cfg.split()
+    prompt = PromptConfig(context="Answer.", demonstrations=DEMOS, demonstrations_per_context=2)
+    cfg = TeacherConfig(top_k=0, max_new_tokens=8, batch_size=2, extractor=extractor,
+                        extract_pattern="o" * (extractor != "none"))
+    contexts = prompt.split()
     assert [c.demonstrations for c in contexts] == [DEMOS[:2], DEMOS[2:4], DEMOS[4:]]
     records = [{"input": x} for x in TINY_INPUTS[:3]]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     assert len(targets) == 3
     for record, t_view, logp in zip(records, targets.teacher_views, targets.logp, strict=True):
         scratch = t_view.prompt_ids[len(prompt_ids(tok, record["input"], contexts[0])) :]
@@ -357,18 +420,18 @@ def test_averaged_teacher_is_the_mean_of_the_single_context_distributions(tiny, 
 
 def test_averaged_teacher_generates_from_the_mean_distribution(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="Answer.", demonstrations=DEMOS, demonstrations_per_context=2, top_k=0,
-                        max_new_tokens=8, batch_size=4)
-    targets = teach(model, tok, [{"input": TINY_INPUTS[0]}], cfg)
+    prompt = PromptConfig(context="Answer.", demonstrations=DEMOS, demonstrations_per_context=2)
+    cfg = TeacherConfig(top_k=0, max_new_tokens=8, batch_size=4)
+    targets = teacher.answer(model, tok, [{"input": TINY_INPUTS[0]}], prompt, cfg, RUNTIME)
     assert [int(row.argmax()) for row in targets.logp[0]] == list(targets.teacher_views[0].answer_ids)
 
 
 def test_routed_teacher_gives_input_i_the_context_i_mod_n(tiny):
     model, tok = tiny
-    cfg = TeacherConfig(context="Answer.", demonstrations=DEMOS[:4], demonstrations_per_context=2, combine="route",
-                        max_new_tokens=8, top_k=4, batch_size=2)
-    contexts = cfg.split()
+    prompt = PromptConfig(context="Answer.", demonstrations=DEMOS[:4], demonstrations_per_context=2, combine="route")
+    cfg = TeacherConfig(max_new_tokens=8, top_k=4, batch_size=2)
+    contexts = prompt.split()
     records = [{"input": x} for x in TINY_INPUTS[:5]]
-    targets = teach(model, tok, records, cfg)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     for i, (record, view) in enumerate(zip(records, targets.teacher_views, strict=True)):
         assert view.prompt_ids == prompt_ids(tok, record["input"], contexts[i % 2])

@@ -1,4 +1,5 @@
-"""training.py: the schedule, step counting, and ``fit`` lowering the distillation loss."""
+"""training.py and sources.py: the schedule, step counting, ``fit`` lowering the distillation loss over a batch
+source, the loss normalised over the whole accumulation window, and a run continued from its state."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ import pytest
 import torch
 from conftest import TINY_INPUTS
 
+import internalize.sources as sources
 import internalize.training as training
 from internalize.config import ModelConfig, TrainConfig
-from internalize.decoding import topk_with_tail as _topk_with_tail
 from internalize.models import make_student
-from internalize.teacher import TeacherTargets
+from internalize.runtime import Runtime
+from internalize.sources import OfflineBatches
+from internalize.targets import Targets, topk_with_tail
 from internalize.training import _schedule, fit, num_steps
 from internalize.views import View, answer_ids, prompt_ids
 
 LORA = ModelConfig(name="unused", lora_r=4, lora_alpha=8)
+CPU = Runtime.local("cpu")
+
+
+def _fit(student, tok, targets, cfg, **kw):
+    """The history of ``fit`` over offline batches of ``targets``, as the pipeline builds them."""
+    batches = OfflineBatches(targets, tok.pad_token_id, cfg.batch_size, cfg.length_buckets, cfg.seed)
+    return fit(student, batches, cfg, CPU, **kw).history
 
 
 def test_schedule_linear_warmup_then_cosine():
@@ -54,22 +64,14 @@ def test_num_steps(n, cfg, expected):
 
 def _targets(tok, answers=("hello!", "Bye", "A-OK", "no", "yes please", "42"), k: int = 0, sharpness=6.0):
     """Hand-made teacher targets: sharp distributions on answers the tiny model does not give ('okay')."""
-    targets = TeacherTargets(ids=[] if k else None)
-    for text, answer in zip(TINY_INPUTS, answers, strict=False):
+    targets = Targets(ids=[] if k else None)
+    for i, (text, answer) in enumerate(zip(TINY_INPUTS, answers, strict=False)):
         a_ids = answer_ids(tok, answer)
         logits = torch.zeros(len(a_ids), len(tok))
         logits[torch.arange(len(a_ids)), torch.tensor(a_ids)] = sharpness
-        logp = torch.log_softmax(logits, -1)
-        targets.records.append({"input": text})
-        targets.answers.append(answer)
-        targets.teacher_views.append(View(prompt_ids(tok, text), a_ids))
-        targets.student_views.append(View(prompt_ids(tok, text), a_ids))
-        if k:
-            values, ids = _topk_with_tail(logp, k)
-            targets.logp.append(values)
-            targets.ids.append(ids)
-        else:
-            targets.logp.append(logp)
+        logp, ids = topk_with_tail(torch.log_softmax(logits, -1), k)
+        view = View(prompt_ids(tok, text), a_ids)
+        targets.keep({"input": text}, i, answer, answer, view, view.prompt_ids, logp, ids)
     return targets
 
 
@@ -78,7 +80,7 @@ def test_fit_lowers_the_loss(tiny, finetune, lr):
     model, tok = tiny
     student = make_student(model, ModelConfig(name="unused", finetune=finetune, lora_r=4, lora_alpha=8))
     cfg = TrainConfig(max_steps=8, batch_size=6, lr=lr, warmup_ratio=0.0, schedule="constant", seed=0)
-    history = fit(student, tok, _targets(tok), cfg)
+    history = _fit(student, tok, _targets(tok), cfg)
     assert len(history) == 8
     assert [h["step"] for h in history] == list(range(1, 9))
     assert all(math.isfinite(h["loss"]) for h in history)
@@ -91,7 +93,7 @@ def test_fit_every_loss_kind_lowers_the_loss(tiny, loss):
     model, tok = tiny
     student = make_student(model, LORA)
     cfg = TrainConfig(loss=loss, max_steps=6, batch_size=6, lr=2e-2, warmup_ratio=0.0, seed=0)
-    history = fit(student, tok, _targets(tok), cfg)
+    history = _fit(student, tok, _targets(tok), cfg)
     assert history[-1]["loss"] < history[0]["loss"]
 
 
@@ -99,7 +101,7 @@ def test_fit_topk_targets(tiny):
     model, tok = tiny
     student = make_student(model, LORA)
     cfg = TrainConfig(max_steps=6, batch_size=3, lr=2e-2, warmup_ratio=0.0, ce_weight=0.5, seed=0)
-    history = fit(student, tok, _targets(tok, k=5), cfg)
+    history = _fit(student, tok, _targets(tok, k=5), cfg)
     assert len(history) == 6 and history[-1]["loss"] < history[0]["loss"]
 
 
@@ -115,7 +117,7 @@ def test_fit_counts_steps_and_micro_batches(tiny, monkeypatch):
 
     monkeypatch.setattr(training, "answer_logits", counting)
     cfg = TrainConfig(max_steps=3, batch_size=2, grad_accum=3, seed=0)
-    history = fit(student, tok, _targets(tok), cfg)
+    history = _fit(student, tok, _targets(tok), cfg)
     assert len(history) == 3
     assert len(calls) == 9  # max_steps x grad_accum micro-batches
     assert calls == [2] * 9
@@ -125,7 +127,7 @@ def test_fit_logs_progress_for_runs_without_a_terminal(tiny, caplog):
     model, tok = tiny
     student = make_student(model, LORA)
     with caplog.at_level("INFO", logger="internalize.training"):
-        fit(student, tok, _targets(tok), TrainConfig(max_steps=20, batch_size=6, seed=0))
+        _fit(student, tok, _targets(tok), TrainConfig(max_steps=20, batch_size=6, seed=0))
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [m.split(",")[0] for m in progress] == [f"step {n}/20" for n in range(2, 20, 2)]
     assert all("s left" in m for m in progress)
@@ -136,7 +138,7 @@ def test_fit_epochs_when_no_max_steps(tiny):
     student = make_student(model, LORA)
     targets = _targets(tok)  # 6 answers
     cfg = TrainConfig(epochs=2, batch_size=4, grad_accum=1, seed=0)
-    history = fit(student, tok, targets, cfg)
+    history = _fit(student, tok, targets, cfg)
     assert len(history) == num_steps(len(targets), cfg) == 4
 
 
@@ -148,7 +150,7 @@ def test_fit_is_deterministic_with_a_seed(tiny_model_dir):
         model, tok = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
         torch.manual_seed(0)  # LoRA A matrices are drawn at wrap time (the pipeline seeds before it too)
         student = make_student(model, LORA)
-        histories.append(fit(student, tok, _targets(tok), TrainConfig(max_steps=3, batch_size=2, lr=1e-2, seed=5)))
+        histories.append(_fit(student, tok, _targets(tok), TrainConfig(max_steps=3, batch_size=2, lr=1e-2, seed=5)))
     assert histories[0] == histories[1]
 
 
@@ -156,7 +158,7 @@ def test_fit_with_lora_leaves_base_weights_untouched(tiny):
     model, tok = tiny
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     student = make_student(model, LORA)
-    fit(student, tok, _targets(tok), TrainConfig(max_steps=2, batch_size=3, lr=1e-2, seed=0))
+    _fit(student, tok, _targets(tok), TrainConfig(max_steps=2, batch_size=3, lr=1e-2, seed=0))
     after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in student.named_parameters()
              if "lora_" not in n}
     for name, value in before.items():
@@ -167,7 +169,7 @@ def test_fit_learning_rates_follow_the_schedule(tiny):
     model, tok = tiny
     student = make_student(model, LORA)
     cfg = TrainConfig(max_steps=10, batch_size=3, lr=1e-3, warmup_ratio=0.2, seed=0)
-    history = fit(student, tok, _targets(tok), cfg)
+    history = _fit(student, tok, _targets(tok), cfg)
     lrs = [h["lr"] for h in history]
     assert max(lrs) == pytest.approx(1e-3)
     assert all(0 <= lr <= 1e-3 + 1e-12 for lr in lrs)
@@ -178,7 +180,7 @@ def test_fit_history_lr_is_the_lr_used_at_that_step(tiny):
     model, tok = tiny
     student = make_student(model, LORA)
     cfg = TrainConfig(max_steps=10, batch_size=3, lr=1e-3, warmup_ratio=0.2, seed=0)
-    history = fit(student, tok, _targets(tok), cfg)
+    history = _fit(student, tok, _targets(tok), cfg)
     expected = [1e-3 * _schedule(s, 10, 2, "cosine") for s in range(10)]
     assert [h["lr"] for h in history] == pytest.approx(expected)
 
@@ -191,23 +193,92 @@ def test_length_buckets_cut_padding_and_keep_every_example(tiny_model_dir, monke
     texts = ["a", "What is the capital of France?", "Hi", "Tell me a joke, please! Or two, or three.", "x y",
              "Count to three, slowly and clearly.", "2+2", "Why is grass green and not blue?"]
     views = [View(prompt_ids(tok, t), answer_ids(tok, "okay")) for t in texts]
-    targets = TeacherTargets(student_views=views, answers=["okay"] * len(views),
-                             logp=[torch.zeros(len(v.answer_ids), 3) for v in views], ids=None)
+    targets = Targets(student_views=views, answers=["okay"] * len(views),
+                      logp=[torch.zeros(len(v.answer_ids), 3) for v in views], ids=None)
     seen: dict[int, list[list[int]]] = {}
-    real = training.collate
+    real = sources.collate
 
     def recording(batch_views, pad_id, prefix_len=0):
         seen.setdefault(id(recording), []).append([views.index(v) for v in batch_views])
         return real(batch_views, pad_id, prefix_len)
 
-    monkeypatch.setattr(training, "collate", recording)
+    monkeypatch.setattr(sources, "collate", recording)
     monkeypatch.setattr(training, "distillation_loss", lambda logits, *a, **k: logits.float().mean() * 0)
     padding = {}
     for buckets in (1, 4):
         seen.clear()
         cfg = TrainConfig(epochs=1, batch_size=2, length_buckets=buckets, seed=3, warmup_ratio=0.0)
         model, _ = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
-        history = fit(make_student(model, LORA), tok, targets, cfg)
+        history = _fit(make_student(model, LORA), tok, targets, cfg)
         assert sorted(i for b in seen[id(recording)] for i in b) == list(range(len(views)))  # each once
         padding[buckets] = sum(h["padding"] for h in history) / len(history)
     assert padding[4] < padding[1]
+
+
+def _gradients(monkeypatch, student, tok, targets, batch_size, grad_accum):
+    """The gradients of the first optimizer step (recorded where fit clips them)."""
+    recorded = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def record(params, max_norm):
+        recorded.append([p.grad.clone() for p in params])
+        return clip(params, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", record)
+    cfg = TrainConfig(max_steps=1, batch_size=batch_size, grad_accum=grad_accum, length_buckets=1, seed=0)
+    _fit(student, tok, targets, cfg)
+    return recorded[0]
+
+
+def test_the_loss_is_normalised_by_the_answer_tokens_of_the_whole_accumulation_window(tiny, monkeypatch):
+    """2 micro-batches of 2 give the gradients of 1 micro-batch of 4, though their answer-token counts differ."""
+    model, tok = tiny
+    student = make_student(model, ModelConfig(name="unused", finetune="full"))
+    targets = _targets(tok, answers=("a", "no", "yes", "a much longer answer"), k=5)  # 2, 3, 4 and 21 tokens
+    initial = {n: p.detach().clone() for n, p in student.named_parameters()}
+    whole = _gradients(monkeypatch, student, tok, targets, batch_size=4, grad_accum=1)
+    with torch.no_grad():
+        for n, p in student.named_parameters():
+            p.copy_(initial[n])
+    split = _gradients(monkeypatch, student, tok, targets, batch_size=2, grad_accum=2)
+    for a, b in zip(whole, split, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # any way of cutting 2 + 3 + 4 + 21 tokens in two pairs gives unequal counts: weighting the micro-batches
+    # equally (the old normalisation) would give other gradients
+    assert len({sum(len(targets.student_views[i].answer_ids) for i in pair) for pair in ([0, 1], [2, 3])}) == 2
+
+
+def test_fit_continues_from_its_state_as_if_never_stopped(tiny_model_dir):
+    """4 steps in one go equal 2 steps, then 2 more from the returned state (optimizer, schedule, data, RNG)."""
+    from internalize.models import load_model
+
+    cfg = TrainConfig(max_steps=4, batch_size=2, lr=1e-2, warmup_ratio=0.5, seed=3)
+    runs = []
+    for stops in ([None], [2, None]):
+        model, tok = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
+        torch.manual_seed(0)
+        student = make_student(model, ModelConfig(name="unused", lora_r=4, lora_alpha=8, lora_dropout=0.1))
+        state = None
+        for stop in stops:
+            batches = OfflineBatches(_targets(tok), tok.pad_token_id, cfg.batch_size, cfg.length_buckets, cfg.seed)
+            state = fit(student, batches, cfg, CPU, state, stop_at=stop)
+        runs.append((state, {n: p.detach().clone() for n, p in student.named_parameters()}))
+    (whole, weights), (resumed, weights_resumed) = runs
+    assert resumed.step == whole.step == 4
+    assert [h["step"] for h in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history == whole.history
+    for name, value in weights.items():
+        torch.testing.assert_close(weights_resumed[name], value, rtol=0, atol=0)
+
+
+def test_offline_batches_restore_their_position(tiny):
+    _, tok = tiny
+    targets = _targets(tok)
+    source = OfflineBatches(targets, tok.pad_token_id, batch_size=2, buckets=2, seed=1)
+    for _ in range(4):  # into the second epoch
+        next(source)
+    again = OfflineBatches(targets, tok.pad_token_id, batch_size=2, buckets=2, seed=99)
+    again.load_state_dict(source.state_dict())
+    for _ in range(5):
+        a, b = next(source), next(again)
+        assert torch.equal(a.batch.input_ids, b.batch.input_ids) and torch.equal(a.teacher_logp, b.teacher_logp)

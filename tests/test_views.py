@@ -1,13 +1,14 @@
-"""views.py: chat messages, prompt and answer ids, teacher/student views sharing the answer ids, pad_stack."""
+"""views.py: chat messages, prompt and answer ids, teacher/student views sharing the answer ids; targets.pad_stack."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from internalize.config import TeacherConfig
+from internalize.config import PromptConfig
 from internalize.decoding import collate
-from internalize.views import View, answer_ids, chat_messages, pad_stack, prompt_ids
+from internalize.targets import pad_stack
+from internalize.views import View, answer_ids, chat_messages, prompt_ids
 
 DEMOS = [{"input": "2+2?", "output": "4"}, {"input": "3+3?", "output": "6"}]
 
@@ -17,27 +18,27 @@ def test_chat_messages_student_is_the_input_alone():
 
 
 def test_chat_messages_system_position():
-    teacher = TeacherConfig(context="  Be brief.  ", position="system")
-    assert chat_messages("hi", teacher) == [
+    prompt = PromptConfig(context="  Be brief.  ", position="system")
+    assert chat_messages("hi", prompt) == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hi"},
     ]
 
 
 def test_chat_messages_before_input():
-    teacher = TeacherConfig(context="Be brief.", position="before_input")
-    assert chat_messages("hi", teacher) == [{"role": "user", "content": "Be brief.\n\nhi"}]
+    prompt = PromptConfig(context="Be brief.", position="before_input")
+    assert chat_messages("hi", prompt) == [{"role": "user", "content": "Be brief.\n\nhi"}]
 
 
 def test_chat_messages_after_input():
-    teacher = TeacherConfig(context="Be brief.", position="after_input")
-    assert chat_messages("hi", teacher) == [{"role": "user", "content": "hi\n\nBe brief."}]
+    prompt = PromptConfig(context="Be brief.", position="after_input")
+    assert chat_messages("hi", prompt) == [{"role": "user", "content": "hi\n\nBe brief."}]
 
 
 @pytest.mark.parametrize("position", ["system", "before_input", "after_input"])
 def test_chat_messages_demonstrations_come_before_the_input(position):
-    teacher = TeacherConfig(context="Ctx", position=position, demonstrations=DEMOS)
-    messages = chat_messages("5+5?", teacher)
+    prompt = PromptConfig(context="Ctx", position=position, demonstrations=DEMOS)
+    messages = chat_messages("5+5?", prompt)
     demo_turns = [
         {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
         {"role": "user", "content": "3+3?"}, {"role": "assistant", "content": "6"},
@@ -52,36 +53,36 @@ def test_chat_messages_demonstrations_come_before_the_input(position):
 
 
 def test_chat_messages_demonstrations_only():
-    teacher = TeacherConfig(context="", demonstrations=DEMOS[:1])
-    assert chat_messages("x", teacher) == [
+    prompt = PromptConfig(context="", demonstrations=DEMOS[:1])
+    assert chat_messages("x", prompt) == [
         {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "x"},
     ]
 
 
 @pytest.mark.parametrize("position", ["system", "before_input", "after_input"])
 def test_demonstration_template_shows_the_demonstrations_as_text_in_the_context(position):
-    teacher = TeacherConfig(context="Examples:", position=position, demonstrations=DEMOS,
+    prompt = PromptConfig(context="Examples:", position=position, demonstrations=DEMOS,
                             demonstration_template="Q: {input}\nA: {output}")
     block = "Examples:\n\nQ: 2+2?\nA: 4\n\nQ: 3+3?\nA: 6"
     expected = {"system": [{"role": "system", "content": block}, {"role": "user", "content": "5+5?"}],
                 "before_input": [{"role": "user", "content": f"{block}\n\n5+5?"}],
                 "after_input": [{"role": "user", "content": f"5+5?\n\n{block}"}]}[position]
-    assert chat_messages("5+5?", teacher) == expected  # no demonstration turns
-    no_context = TeacherConfig(position="before_input", demonstrations=DEMOS, demonstration_template="{input} = {output}")
+    assert chat_messages("5+5?", prompt) == expected  # no demonstration turns
+    no_context = PromptConfig(position="before_input", demonstrations=DEMOS, demonstration_template="{input} = {output}")
     assert chat_messages("5+5?", no_context) == [{"role": "user", "content": "2+2? = 4\n\n3+3? = 6\n\n5+5?"}]
 
 
 def test_demonstration_template_splits_into_contexts_like_turns():
-    teacher = TeacherConfig(demonstrations=DEMOS, demonstrations_per_context=1, demonstration_template="{input} {output}")
-    assert [chat_messages("x", c)[0]["content"] for c in teacher.split()] == ["2+2? 4", "3+3? 6"]
+    prompt = PromptConfig(demonstrations=DEMOS, demonstrations_per_context=1, demonstration_template="{input} {output}")
+    assert [chat_messages("x", c)[0]["content"] for c in prompt.split()] == ["2+2? 4", "3+3? 6"]
 
 
 def test_prompt_ids_render_the_chat_template(tiny):
     _, tok = tiny
     ids = prompt_ids(tok, "Hi!")
     assert tok.decode(list(ids)) == "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
-    teacher = TeacherConfig(context="Be brief.", position="system")
-    assert tok.decode(list(prompt_ids(tok, "Hi!", teacher))) == (
+    prompt = PromptConfig(context="Be brief.", position="system")
+    assert tok.decode(list(prompt_ids(tok, "Hi!", prompt))) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
     )
 
@@ -89,8 +90,8 @@ def test_prompt_ids_render_the_chat_template(tiny):
 @pytest.mark.parametrize("position", ["system", "before_input", "after_input"])
 def test_teacher_prompt_contains_context_and_student_prompt_does_not(tiny, position):
     _, tok = tiny
-    teacher = TeacherConfig(context="Always rhyme.", position=position, demonstrations=DEMOS)
-    t_text = tok.decode(list(prompt_ids(tok, "Why?", teacher)))
+    prompt = PromptConfig(context="Always rhyme.", position=position, demonstrations=DEMOS)
+    t_text = tok.decode(list(prompt_ids(tok, "Why?", prompt)))
     s_text = tok.decode(list(prompt_ids(tok, "Why?")))
     assert "Always rhyme." in t_text and "Always rhyme." not in s_text
     assert "2+2?" in t_text and "2+2?" not in s_text
@@ -112,8 +113,8 @@ def test_answer_ids_end_with_eos_and_roundtrip(tiny):
     assert len(ids) == len("Paris. Over.") + 1  # one token per character
 
 
-def _views(tok, inputs, answers, teacher):
-    t_views = [View(prompt_ids(tok, x, teacher), answer_ids(tok, a)) for x, a in zip(inputs, answers, strict=True)]
+def _views(tok, inputs, answers, prompt):
+    t_views = [View(prompt_ids(tok, x, prompt), answer_ids(tok, a)) for x, a in zip(inputs, answers, strict=True)]
     s_views = [View(prompt_ids(tok, x), v.answer_ids) for x, v in zip(inputs, t_views, strict=True)]
     return t_views, s_views
 
@@ -124,8 +125,8 @@ ANSWERS = ["Hello. Over.", "Paris", "abc def gh"]
 
 def test_teacher_and_student_views_share_answer_ids(tiny):
     _, tok = tiny
-    teacher = TeacherConfig(context="Be brief.", position="before_input")
-    t_views, s_views = _views(tok, INPUTS, ANSWERS, teacher)
+    prompt = PromptConfig(context="Be brief.", position="before_input")
+    t_views, s_views = _views(tok, INPUTS, ANSWERS, prompt)
     t_batch, s_batch = collate(t_views, tok.pad_token_id), collate(s_views, tok.pad_token_id)
     assert torch.equal(t_batch.answer_ids, s_batch.answer_ids)
     assert torch.equal(t_batch.answer_mask, s_batch.answer_mask)

@@ -29,6 +29,7 @@ from experiments.addition import task
 from internalize.config import ModelConfig
 from internalize.decoding import generate
 from internalize.models import load_model
+from internalize.runtime import Runtime
 from internalize.views import prompt_ids
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,10 +58,10 @@ def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int) -
 
 
 def score(model, tokenizer, records: list[dict[str, Any]], scorer, max_new_tokens: int,
-          batch_size: int) -> dict[str, float]:
+          batch_size: int, device: torch.device) -> dict[str, float]:
     prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
     with torch.inference_mode():
-        outs = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, desc="eval")]
+        outs = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, desc="eval")]
     return {"accuracy": sum(scorer(r, g.text) for r, g in zip(records, outs, strict=True)) / len(records),
             "tokens": sum(len(g.ids) for g in outs) / len(outs), "n": len(records),
             "examples": [[r["input"][-60:], g.text[-80:]] for r, g in zip(records[:3], outs[:3], strict=True)]}
@@ -108,18 +109,19 @@ def main() -> None:
         + args.models), "seed": args.seed,
         "digits": task.DIGITS, "models": {}}
     fewer = {name: int(n) for name, _, n in (spec.partition("=") for spec in args.fewer)}
+    runtime = Runtime.local(ModelConfig().device)
     for spec in args.models:
         name, _, path = spec.partition("=")
-        model, tokenizer = load_model(ModelConfig(name=path))
+        model, tokenizer = load_model(ModelConfig(name=path), runtime)
         res: dict[str, Any] = {"model": path}
         for d in task.DIGITS:
             res[f"direct_{d}"] = score(model, tokenizer, sets[f"direct_{d}"][: fewer.get(name)], task.direct, 16,
-                                       args.batch_size)
+                                       args.batch_size, runtime.device)
             if name == args.scratchpad:
                 res[f"scratchpad_{d}"] = score(model, tokenizer, sets[f"scratchpad_{d}"], task.scratchpad_answer,
-                                               task.scratchpad_tokens(d), args.batch_size)
+                                               task.scratchpad_tokens(d), args.batch_size, runtime.device)
             log.info("%s %d digits: %s", name, d, {k: v["accuracy"] for k, v in res.items() if k.endswith(f"_{d}")})
-        res["word"] = score(model, tokenizer, sets["word"], task.direct, 16, args.batch_size)
+        res["word"] = score(model, tokenizer, sets["word"], task.direct, 16, args.batch_size, runtime.device)
         log.info("%s word problems: %.3f", name, res["word"]["accuracy"])
         results["models"][name] = res
     results["wall_s"] = round(time.perf_counter() - start, 1)

@@ -36,9 +36,19 @@ SWEEP = [(lr, epochs) for lr in (3e-4, 1e-3, 3e-3) for epochs in (5, 20)]
 log = logging.getLogger("examples")
 
 
+def conditions(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The ``{base, teacher, student}`` metrics of a one-behaviour run, from ``distill``'s (or a metrics.json's)
+    ``{behaviour: {base, teacher, student}}`` or the flat form that runs wrote before behaviours."""
+    if "base" in metrics:  # the flat form (no behaviour may be named base)
+        return metrics
+    (only,) = metrics.values()
+    return only
+
+
 def run_config(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:
-    """``distill`` on ``config`` (relative to the repo root) with ``overrides``, replacing an earlier run."""
-    return distill(load_config(ROOT / config, [*overrides, "output.overwrite=true"]))
+    """``distill`` on ``config`` (relative to the repo root) with ``overrides``, replacing an earlier run;
+    its one behaviour's ``{base, teacher, student}`` metrics."""
+    return conditions(distill(load_config(ROOT / config, [*overrides, "output.overwrite=true"])))
 
 
 def scored_run(overrides: list[str], config: str = CONFIG) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from internalize.config import ModelConfig  # noqa: E402
 from internalize.data import read_jsonl  # noqa: E402
 from internalize.decoding import generate  # noqa: E402
 from internalize.models import inference_mode, load_model  # noqa: E402
+from internalize.runtime import Runtime  # noqa: E402
 from internalize.views import prompt_ids  # noqa: E402
 
 SETS = {"questions": "examples/data/questions_eval.jsonl", "sentiment": "experiments/instructions/data/sentiment_eval.jsonl",
@@ -39,12 +40,14 @@ CHECKS = {  # behaviour -> (input set, checker)
 
 
 def answers(name: str) -> dict[str, list[str]]:
-    model, tokenizer = load_model(ModelConfig(name=name))
+    model_cfg = ModelConfig(name=name)
+    runtime = Runtime.local(model_cfg.device)
+    model, tokenizer = load_model(model_cfg, runtime)
     out = {}
     with inference_mode(model):
         for key, path in SETS.items():
             prompts = [prompt_ids(tokenizer, r["input"]) for r in read_jsonl(ROOT / path, key)]
-            out[key] = [g[0].text for g in generate(model, tokenizer, prompts, 64, 32, desc=key)]
+            out[key] = [g[0].text for g in generate(model, tokenizer, prompts, 64, 32, runtime.device, desc=key)]
     return out
 
 

@@ -27,22 +27,24 @@ from pathlib import Path
 
 from experiments.sql import task
 from experiments.sql.run import DBS, ROOT, split
-from internalize.config import ModelConfig, TeacherConfig
+from internalize.config import ModelConfig, PromptConfig, TeacherConfig
 from internalize.models import load_model
-from internalize.teacher import teach
+from internalize.runtime import Runtime
+from internalize.targets import Reference
+from internalize.teacher import answer
 
 FORMATS = ("none", "turns", "before_input", "system")
+TEACHER = TeacherConfig(max_new_tokens=64, cache_dir="", top_k=1)  # greedy and uncached
 log = logging.getLogger("sql.formats")
 
 
-def teacher_config(form: str, examples: list[dict]) -> TeacherConfig:
-    """A greedy, uncached teacher that shows ``examples`` as ``form`` says ("none": no examples)."""
-    common = {"max_new_tokens": 64, "cache_dir": "", "top_k": 1}
+def prompt_config(form: str, examples: list[dict]) -> PromptConfig | None:
+    """How the teacher shows ``examples``, as ``form`` says ("none": no examples, no context)."""
     if form == "turns":
-        return TeacherConfig(demonstrations=[{"input": r["input"], "output": r["output"]} for r in examples], **common)
+        return PromptConfig(demonstrations=[{"input": r["input"], "output": r["output"]} for r in examples])
     if form in ("before_input", "system"):
-        return TeacherConfig(context=task.examples_block(examples), position=form, **common)
-    return TeacherConfig(**common)
+        return PromptConfig(context=task.examples_block(examples), position=form)
+    return None
 
 
 def main() -> None:
@@ -53,7 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    model, tok = load_model(ModelConfig(name=str(ROOT / args.model)))
+    model_cfg = ModelConfig(name=str(ROOT / args.model))
+    runtime = Runtime.local(model_cfg.device)
+    model, tok = load_model(model_cfg, runtime)
     scores: dict[str, dict[str, float]] = {}
     for db in args.dbs:
         parts = split(db)
@@ -62,10 +66,10 @@ def main() -> None:
             for form in FORMATS:
                 if form == "none" and k != args.k[0]:
                     continue
-                targets = teach(model, tok, held, teacher_config(form, parts["pool"][:k]), desc=f"{db} {form} k{k}",
-                                with_context=form != "none")
-                acc = statistics.mean(task.execution_match(r, a or "") for r, a in zip(held, targets.all_answers,
-                                                                                      strict=True))
+                targets = answer(model, tok, held, prompt_config(form, parts["pool"][:k]), TEACHER, runtime,
+                                 desc=f"{db} {form} k{k}")
+                answers = Reference.from_targets(targets, len(held)).answers
+                acc = statistics.mean(task.execution_match(r, a or "") for r, a in zip(held, answers, strict=True))
                 name = "none" if form == "none" else f"{form}_k{k}"
                 scores.setdefault(name, {})[db] = acc
                 log.info("%s %s: %.3f", db, name, acc)

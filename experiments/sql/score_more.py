@@ -25,9 +25,12 @@ from typing import Any
 from experiments.sql import task
 from experiments.sql.run import CONFIG, DBS, N_EXTRA, N_TEST, ROOT, split
 from internalize import load_config
-from internalize.evaluation import evaluate, load_scorer
+from internalize.behaviours import load_scorer
+from internalize.evaluation import evaluate
 from internalize.models import load_model
-from internalize.teacher import teach
+from internalize.runtime import Runtime
+from internalize.targets import Reference
+from internalize.teacher import answer
 
 # window.py's students (budget 4, 8 examples). Not "sequential": its saved adapter names the warm-up model as its
 # base instead of the chunk-1 student it was trained on (fixed since in models.save_artifact); window.py scored it
@@ -47,25 +50,28 @@ def main() -> None:
     window_file = ROOT / "experiments/results/sql_window.json"
     window = json.loads(window_file.read_text())["dbs"] if window_file.is_file() else {}
     cfg = load_config(ROOT / CONFIG)
-    model, tok = load_model(cfg.model)
-    scorer = load_scorer(cfg.eval)
+    behaviour, runtime = cfg.behaviours[0], Runtime.local(cfg.model.device)
+    model, tok = load_model(cfg.model, runtime)
+    scorer = load_scorer(behaviour, (cfg.config_dir,))
+    teacher = dataclasses.replace(cfg.teacher, cache_dir="")
     rows: list[dict[str, Any]] = []
     for db in args.dbs:
         parts = split(db)
         records = parts["extra_test"]
         for k in args.k:
             where = ROOT / "runs/sql" / db
-            teacher = dataclasses.replace(cfg.teacher, demonstrations=task.demonstrations(parts["pool"][:k]),
-                                          cache_dir="")
-            reference = teach(model, tok, records, teacher, desc=f"{db} k{k} teacher")
-            extra = {c: evaluate(model, tok, records, reference, cfg.eval, c, scorer).metrics["score"]
+            prompt = dataclasses.replace(behaviour.prompt, demonstrations=task.demonstrations(parts["pool"][:k]))
+            reference = Reference.from_targets(answer(model, tok, records, prompt, teacher, runtime,
+                                                      desc=f"{db} k{k} teacher"), len(records))
+            extra = {c: evaluate(model, tok, records, reference, cfg.eval, c, scorer, runtime).metrics["score"]
                      for c in ("base", "teacher")}
             artifacts = {"student": where / f"distill_k{k}", "gradient_descent": where / f"gd_k{k}"}
             if k == 4 and db in window:
                 artifacts |= {f"window_{name}": where / f"window_{name}" for name in WINDOW}
             for name, run_dir in artifacts.items():
-                student, _ = load_model(dataclasses.replace(cfg.model, name=str(run_dir / "model")))
-                extra[name] = evaluate(student, tok, records, reference, cfg.eval, "student", scorer).metrics["score"]
+                student, _ = load_model(dataclasses.replace(cfg.model, name=str(run_dir / "model")), runtime)
+                extra[name] = evaluate(student, tok, records, reference, cfg.eval, "student", scorer,
+                                       runtime).metrics["score"]
             earlier = {c: first[db, k][c] for c in ("base", "teacher", "student", "gradient_descent")}
             if k == 4 and db in window:
                 w = window[db] | {"chunk2": window[db]["single"][1]}

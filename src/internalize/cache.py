@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 FORMAT = 4
 SAMPLES_PER_SHARD = 4096
 
-# model -> (the frozen parameters' version counters, their hash): hashing copies every weight to the host,
-# so it is done once per set of weights; an in-place update (an optimizer step) bumps a version and so a rehash
-_fingerprints: weakref.WeakKeyDictionary[PreTrainedModel, tuple[tuple[int, ...], str]] = weakref.WeakKeyDictionary()
+# model -> (what identifies its frozen weights' contents, their hash): hashing copies every weight to the host,
+# so it is done once per set of weights. An in-place update (an optimizer step) bumps a tensor's version counter;
+# a replaced tensor (model.to(dtype), p.data = ...) has another storage or dtype: either means a rehash.
+_fingerprints: weakref.WeakKeyDictionary[PreTrainedModel, tuple[tuple, str]] = weakref.WeakKeyDictionary()
 
 
 def _frozen(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
@@ -55,9 +56,9 @@ def _frozen(model: PreTrainedModel) -> list[tuple[str, torch.Tensor]]:
 def weights_fingerprint(model: PreTrainedModel) -> str:
     """Hash of the frozen weights (LoRA adapters excluded) and the architecture; not of their path.
 
-    Computed once per loaded weights: later calls check only the parameters' version counters."""
+    Computed once per loaded weights: later calls check only each parameter's version counter, storage and dtype."""
     weights = _frozen(model)
-    versions = tuple(p._version for _, p in weights)
+    versions = tuple((p._version, p.data_ptr(), p.dtype, p.device) for _, p in weights)
     known = _fingerprints.get(model)
     if known is not None and known[0] == versions:
         return known[1]

@@ -384,15 +384,16 @@ SHORTHAND = {
     "data": ("train_file", "inputs", "eval_file", "eval_inputs"),
     "eval": ("scorer_regex", "scorer"),
 }
-# An entry of the older ``teacher.contexts`` list: a behaviour with its prompt's keys at the top.
-CONTEXT_KEYS = ("name", "context", "demonstrations", "position", "train_file", "eval_file", "scorer_regex", "scorer")
 
 
 def _behaviour(raw: Any, where: str, prompt_key: str) -> BehaviourConfig:
-    """Build one behaviour; errors name ``where`` (its dotted key) and ``prompt_key`` (where its prompt came from)."""
+    """Build one behaviour of a list; errors name ``where`` (its dotted key) and ``prompt_key`` (where its prompt
+    came from)."""
     if not isinstance(raw, dict):
         raise InternalizeError(f"{where}={raw!r} is invalid: use {{name: ..., prompt: {{context: ...}}, train_file: ..., "
                                "eval_file: ...}")
+    if "name" not in raw:
+        raise InternalizeError(f"{where}.name is missing; give each behaviour a name")
     raw = dict(raw)
     prompt = _build(PromptConfig, raw.pop("prompt", None) or {}, f"{prompt_key}.")
     behaviour = _build(BehaviourConfig, {**raw, "prompt": prompt}, f"{where}.")
@@ -433,23 +434,21 @@ def _behaviours(raw: dict[str, Any]) -> list[BehaviourConfig]:
         raise InternalizeError(f"teacher.contexts={contexts!r} is invalid: give a list of {{name, context, train_file, "
                                "eval_file}} entries")
     behaviours = []
-    for i, entry in enumerate(contexts):
+    for i, entry in enumerate(contexts):  # each entry: a behaviour with its prompt's keys at the top
         key = f"teacher.contexts[{i}]"
         if not isinstance(entry, dict):
             raise InternalizeError(f"{key}={entry!r} is invalid: use {{name: ..., context: ..., train_file: ..., "
                                    "eval_file: ...}")
+        prompt_keys = ("context", "demonstrations", "position")
+        allowed = [f.name for f in dataclasses.fields(BehaviourConfig) if f.name != "prompt"] + list(prompt_keys)
         for name in entry:
-            if name not in CONTEXT_KEYS:
-                raise _unknown(f"{key}.{name}", list(CONTEXT_KEYS))
-        for required in ("name", "train_file", "eval_file"):
-            if not entry.get(required):
-                raise InternalizeError(f"{key}.{required} is missing")
-        own = {k: entry[k] for k in ("context", "demonstrations", "position") if k in entry}
+            if name not in allowed:
+                raise _unknown(f"{key}.{name}", allowed)
+        own = {k: entry[k] for k in prompt_keys if k in entry}
         rest = {k: v for k, v in entry.items() if k not in own}
         if not (rest.get("scorer") or rest.get("scorer_regex")):
             rest |= scorer
-        behaviours.append(_behaviour({**rest, "prompt": {**prompt, **own, "context": own.get("context", ""),
-                                                         "demonstrations": own.get("demonstrations", [])}}, key, key))
+        behaviours.append(_behaviour({**rest, "prompt": {**prompt, "context": "", "demonstrations": [], **own}}, key, key))
     return behaviours
 
 

@@ -11,7 +11,7 @@ the generated tokens; any other answer is scored once more, conditioned on conte
 scratch-pad. The shared context is computed once (``decoding.Prefix``), and the targets are cached
 on disk (``cache``) for later runs.
 
-Demonstrations split over several contexts (``teacher.demonstrations_per_context``) teach either
+Demonstrations split over several contexts (``prompt.demonstrations_per_context``) teach either
 as one averaged teacher (its next-token distribution is the mean of the contexts', while
 generating and while scoring) or routed (input i to context i mod n). ``given_answers`` takes the
 answers from the records instead (``train.targets=data``: plain fine-tuning, no teacher run), and
