@@ -87,12 +87,18 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
     return ConditionResult(metrics, outputs)
 
 
-def evaluate_behaviours(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour],
-                        references: list[Reference], cfg: EvalConfig, conditions: tuple[str, ...], runtime: Runtime,
+def evaluate_behaviours(models: dict[str, PreTrainedModel], tokenizer: PreTrainedTokenizerBase,
+                        behaviours: list[Behaviour], references: list[Reference], cfg: EvalConfig, runtime: Runtime,
+                        results: dict[str, dict[str, ConditionResult]] | None = None,
                         ) -> dict[str, dict[str, ConditionResult]]:
-    """``{behaviour: {condition: result}}`` for each of ``conditions`` on every behaviour's held-out inputs."""
-    return {b.name: {c: evaluate(model, tokenizer, b.held_out, ref, cfg, c, b.scorer, runtime) for c in conditions}
-            for b, ref in zip(behaviours, references, strict=True)}
+    """``{behaviour: {condition: result}}`` for each condition of ``models`` (condition -> the model that runs it)
+    on every behaviour's held-out inputs, added to ``results`` when given."""
+    results = {} if results is None else results
+    for b, ref in zip(behaviours, references, strict=True):
+        for condition, model in models.items():
+            results.setdefault(b.name, {})[condition] = evaluate(model, tokenizer, b.held_out, ref, cfg, condition,
+                                                                 b.scorer, runtime)
+    return results
 
 
 def forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, neutral: list[Record], original: Reference,

@@ -110,7 +110,8 @@ def distill(cfg: Config) -> dict[str, Any]:
             with run.stage("neutral_before"):
                 original = _original(model, tokenizer, neutral, cfg, runtime)
         with run.stage("eval_before"):
-            results = evaluate_behaviours(model, tokenizer, behaviours, references, cfg.eval, ("base", "teacher"), runtime)
+            results = evaluate_behaviours({"base": model, "teacher": model}, tokenizer, behaviours, references, cfg.eval,
+                                          runtime)
         with run.stage("train"):
             batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
                                      cfg.train.seed)
@@ -119,9 +120,7 @@ def distill(cfg: Config) -> dict[str, Any]:
             model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir)
             run.saved(provenance(cfg, started_from))
         with run.stage("eval_after"):
-            after = evaluate_behaviours(model, tokenizer, behaviours, references, cfg.eval, ("student",), runtime)
-            for name, result in after.items():
-                results[name] |= result
+            evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, runtime, results)
             if neutral:
                 info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, runtime)
         info |= {
@@ -168,10 +167,8 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
         with run.stage("reference"):
             references = _references(model, tokenizer, behaviours, cfg, runtime)
         with run.stage("eval"):
-            results = evaluate_behaviours(model, tokenizer, behaviours, references, cfg.eval, ("base", "teacher"), runtime)
-            after = evaluate_behaviours(student_model, tokenizer, behaviours, references, cfg.eval, ("student",), runtime)
-            for name, result in after.items():
-                results[name] |= result
+            conditions = {"base": model, "teacher": model, "student": student_model}
+            results = evaluate_behaviours(conditions, tokenizer, behaviours, references, cfg.eval, runtime)
         info: dict[str, Any] = {"student": student, "eval_inputs": sum(len(b.held_out) for b in behaviours),
                                 "timings": run.timings}
         if neutral:
