@@ -193,8 +193,9 @@ def test_length_buckets_cut_padding_and_keep_every_example(tiny_model_dir, monke
     texts = ["a", "What is the capital of France?", "Hi", "Tell me a joke, please! Or two, or three.", "x y",
              "Count to three, slowly and clearly.", "2+2", "Why is grass green and not blue?"]
     views = [View(prompt_ids(tok, t), answer_ids(tok, "okay")) for t in texts]
-    targets = Targets(student_views=views, answers=["okay"] * len(views),
-                      logp=[torch.zeros(len(v.answer_ids), 3) for v in views], ids=None)
+    targets = Targets(ids=None)
+    for i, (text, view) in enumerate(zip(texts, views, strict=True)):
+        targets.keep({"input": text}, i, "okay", "okay", view, view.prompt_ids, torch.zeros(len(view.answer_ids), 3))
     seen: dict[int, list[list[int]]] = {}
     real = sources.collate
 
@@ -282,3 +283,49 @@ def test_offline_batches_restore_their_position(tiny):
     for _ in range(5):
         a, b = next(source), next(again)
         assert torch.equal(a.batch.input_ids, b.batch.input_ids) and torch.equal(a.teacher_logp, b.teacher_logp)
+
+
+class _Poisoned(OfflineBatches):
+    """Offline batches whose teacher log-probs are NaN on the micro-batches numbered in ``bad``."""
+
+    def __init__(self, *args, bad=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.bad, self.served = set(bad), 0
+
+    def __next__(self):
+        mb = super().__next__()
+        self.served += 1
+        if self.served in self.bad:
+            mb.teacher_logp = torch.full_like(mb.teacher_logp, float("nan"))
+        return mb
+
+
+def test_a_nan_step_is_skipped_and_logged_with_its_inputs(tiny, caplog):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    cfg = TrainConfig(max_steps=4, batch_size=2, lr=1e-2, seed=0, max_bad_steps=1)
+    source = _Poisoned(_targets(tok), tok.pad_token_id, 2, 1, 0, bad={2})
+    weights = []
+    with caplog.at_level("WARNING", logger="internalize.training"):
+        state = fit(student, source, cfg, CPU, on_checkpoint=None, stop_at=1)
+        weights.append({n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad})
+        state = fit(student, source, cfg, CPU, state, stop_at=2)  # the poisoned step
+    after = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    for name, value in weights[0].items():
+        assert torch.equal(after[name], value)  # no update from a NaN gradient
+    assert state.history[1]["skipped"] and math.isnan(state.history[1]["loss"]) and state.step == 2
+    message = next(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
+    assert message.startswith("step 2 skipped") and any(text in message for text in TINY_INPUTS)
+    state = fit(student, source, cfg, CPU, state)
+    assert state.step == 4 and all(math.isfinite(h["loss"]) for h in state.history[2:])
+
+
+def test_too_many_bad_steps_stop_the_run_with_a_clear_message(tiny):
+    from internalize.config import InternalizeError
+
+    model, tok = tiny
+    student = make_student(model, LORA)
+    cfg = TrainConfig(max_steps=6, batch_size=2, lr=1e-2, seed=0, max_bad_steps=2)
+    source = _Poisoned(_targets(tok), tok.pad_token_id, 2, 1, 0, bad={2, 3, 5})
+    with pytest.raises(InternalizeError, match=r"train: 3 steps had a NaN or infinite loss .*train\.max_bad_steps=2"):
+        fit(student, source, cfg, CPU)

@@ -5,6 +5,7 @@ the Python API (``internalize.distill``, ``evaluate_artifact``, ``synthesize_inp
 one line naming the file, field or line and the fix, and exits with code 2.
 
     internalize distill examples/over.yaml output.dir=runs/over train.lr=3e-4
+    internalize distill examples/over.yaml train.save_every=5 --resume   # continue a killed run
     internalize eval examples/over.yaml --student runs/over/model output.dir=runs/over-eval
     internalize synthesize examples/over_synth.yaml data.synthesize.count=100
 """
@@ -44,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides (default: none)")
         p.add_argument("--overwrite", action="store_true", help="replace a run in output.dir (default: refuse)")
     evaluate.add_argument("--student", required=True, help="directory of the saved student (OUT/model)")
+    distill.add_argument("--resume", action="store_true",
+                         help="continue the unfinished run in output.dir from its last checkpoint (train.save_every)")
     return parser
 
 
@@ -64,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     from .pipeline import distill, evaluate_artifact, synthesize_inputs
 
     try:
-        overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
+        overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else []) + (
+            ["output.resume=true"] if getattr(args, "resume", False) else [])
         cfg = load_config(args.config, overrides)
         if args.command == "distill":
             result = distill(cfg)

@@ -297,6 +297,12 @@ class TrainConfig(_Section):
     warmup_ratio: float = _help("Share of steps spent in linear warmup.", default=0.1)
     max_grad_norm: float = _help("Gradient clipping norm (0 = off).", default=1.0)
     seed: int = _help("Seed for initialisation, shuffling and sampling.", default=0)
+    save_every: int = _help("Write a checkpoint (trainable weights, optimizer, schedule, data position, random "
+                            "states) every this many optimizer steps and at the last one, for --resume (0 = none).",
+                            default=0)
+    keep_checkpoints: int = _help("Checkpoints kept in OUT/checkpoints (the newest ones).", default=2)
+    max_bad_steps: int = _help("Steps whose loss or gradient is NaN or infinite are skipped; after this many the "
+                               "run stops, keeping its last checkpoint.", default=5)
 
     def __post_init__(self) -> None:
         self._choice("loss", ("forward_kl", "reverse_kl", "jsd", "ce"))
@@ -315,6 +321,9 @@ class TrainConfig(_Section):
         self._choice("schedule", ("cosine", "constant"))
         self._require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", "must be in [0, 1)")
         self._require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+        self._require(self.save_every >= 0, "save_every", "must be >= 0 (0 = no checkpoints)")
+        self._require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        self._require(self.max_bad_steps >= 0, "max_bad_steps", "must be >= 0")
 
 
 @dataclass
@@ -340,10 +349,13 @@ class OutputConfig(_Section):
     save: str = _help("Artifact: merged (LoRA folded into full weights) or adapter (LoRA adapter only).",
                       default="merged")
     overwrite: bool = _help("Replace a directory that already holds a run.", default=False)
+    resume: bool = _help("Continue the unfinished run in the directory from its last complete checkpoint "
+                         "(the config must be the one it was started with).", default=False)
 
     def __post_init__(self) -> None:
         self._require(bool(self.dir), "dir", "give an output directory")
         self._choice("save", ("merged", "adapter"))
+        self._require(not (self.resume and self.overwrite), "resume", "output.overwrite is set too; keep one")
 
 
 @dataclass

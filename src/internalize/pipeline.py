@@ -83,7 +83,7 @@ def distill(cfg: Config) -> dict[str, Any]:
     runtime = Runtime.local(cfg.model.device)
     behaviours = load_behaviours(cfg)
     neutral = _neutral(cfg)
-    run = Run(cfg.output)
+    run = Run(cfg)
     synthesizing = behaviours[0].train is None
     if synthesizing:
         check_synthesis(cfg.data.synthesize, _synthesis_path(cfg), (cfg.config_dir,))
@@ -92,7 +92,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         model, tokenizer = load_model(cfg.model, runtime)
         base_dir = model.name_or_path
         started_from = origin(cfg.model.name, base_dir)
-    with run.open(cfg):
+    with run.open():
         info: dict[str, Any] = {}
         if synthesizing:
             with run.stage("synthesize"):
@@ -115,7 +115,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         with run.stage("train"):
             batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
                                      cfg.train.seed)
-            state = fit(model, batches, cfg.train, runtime)
+            state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model))
         with run.stage("save"):
             model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir)
             run.saved(provenance(cfg, started_from))
@@ -123,6 +123,8 @@ def distill(cfg: Config) -> dict[str, Any]:
             evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, runtime, results)
             if neutral:
                 info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, runtime)
+        if run.resumed_from:
+            info["resumed_from"] = run.resumed_from
         info |= {
             "started_from": started_from,
             "train_inputs": sum(len(b.train) for b in behaviours), "train_answers": len(targets),
@@ -159,11 +161,11 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
     runtime = Runtime.local(cfg.model.device)
     behaviours = load_behaviours(cfg, need_train=False)
     neutral = _neutral(cfg)
-    run = Run(cfg.output)
+    run = Run(cfg)
     with run.stage("load"):
         model, tokenizer = load_model(cfg.model, runtime)
         student_model, _ = load_model(dataclasses.replace(cfg.model, name=student), runtime)
-    with run.open(cfg):
+    with run.open():
         with run.stage("reference"):
             references = _references(model, tokenizer, behaviours, cfg, runtime)
         with run.stage("eval"):

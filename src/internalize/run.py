@@ -1,17 +1,19 @@
 """The run directory: what a run writes there, when it may replace an earlier run, and where it came from.
 
 ``Run`` owns ``output.dir``: it refuses to clobber an earlier run unless ``output.overwrite`` is set,
-saves the resolved config first, times each stage, and decides what a failure leaves behind. A run
-that fails before its student is saved leaves none of its files (a rerun is not blocked); one that
-fails after keeps the saved model and records the failure in ``run.json``: trained weights are never
-deleted. The artifact carries its own provenance (``model/internalize.json``: the config, each
-behaviour's prompt, the chain of runs it came from, and the metrics), so a model copied elsewhere
-still says what it is.
+saves the resolved config first, times each stage, writes training checkpoints
+(``OUT/checkpoints``, ``train.save_every``), and decides what a failure leaves behind. A run that
+fails before it has saved a checkpoint or its student leaves none of its files (a rerun is not
+blocked); one that fails after keeps them and records the failure in ``run.json``: trained weights
+are never deleted. With ``output.resume`` (``--resume``) an unfinished run continues from its last
+complete checkpoint, provided the config is the one it was started with. The artifact carries its
+own provenance (``model/internalize.json``: the config, each behaviour's prompt, the chain of runs
+it came from, and the metrics), so a model copied elsewhere still says what it is.
 
-    run = Run(cfg.output)                 # checks the directory; writes nothing
-    with run.open(cfg):                   # clears an earlier run (overwrite), saves config.yaml
-        with run.stage("train"):
-            ...
+    run = Run(cfg)                        # checks the directory (and a resumed run's config); writes nothing
+    with run.open():                      # clears an earlier run (overwrite), saves config.yaml
+        state = run.resume_state(model)   # the last checkpoint's TrainState when resuming, else None
+        state = fit(model, batches, cfg.train, runtime, state, on_checkpoint=run.checkpointer(model))
         run.saved(provenance(cfg, origin))
 """
 
@@ -22,72 +24,126 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import PreTrainedModel
 
-from .config import Config, InternalizeError, OutputConfig, save_config
+from . import checkpoint
+from .config import Config, InternalizeError, load_config, save_config
 from .data import write_atomic
+from .training import TrainState
 
 log = logging.getLogger(__name__)
 
 # synthesized.jsonl is not among them: it may be the input of a later run (data.train_file), so it is
 # never cleared, only replaced atomically when inputs are synthesized again.
-RUN_FILES = ("config.yaml", "metrics.json", "run.json", "answers.jsonl", "report.md", "metrics.png", "loss.png", "model")
+RUN_FILES = ("config.yaml", "metrics.json", "run.json", "answers.jsonl", "report.md", "metrics.png", "loss.png", "model",
+             "checkpoints")
 PROVENANCE = "internalize.json"  # inside model/
 
 
 class Run:
     """One run's output directory."""
 
-    def __init__(self, cfg: OutputConfig) -> None:
-        self.dir = Path(cfg.dir)
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.dir = Path(cfg.output.dir)
         self.timings: dict[str, float] = {}
         self.model_saved = False
+        self.resumed_from: dict[str, Any] | None = None
         if self.dir.exists() and not self.dir.is_dir():
             raise InternalizeError(f"output.dir='{self.dir}' is a file; choose a directory")
         existing = [name for name in RUN_FILES if (self.dir / name).exists()]
-        if existing and not cfg.overwrite:
+        if cfg.output.resume:
+            self._check_resumable()
+        elif existing and not cfg.output.overwrite:
+            if "metrics.json" not in existing and "checkpoints" in existing:
+                raise InternalizeError(f"output.dir='{self.dir}' holds an unfinished run (checkpoints); pass --resume to "
+                                       "continue it or --overwrite to start again")
             raise InternalizeError(f"output.dir='{self.dir}' already holds a run ({', '.join(existing)}); "
                                    "pass --overwrite or choose another output.dir")
+
+    def _check_resumable(self) -> None:
+        if not (self.dir / "config.yaml").is_file():
+            raise InternalizeError(f"output.dir='{self.dir}' holds no run to resume; drop --resume to start one")
+        if (self.dir / "metrics.json").is_file():
+            raise InternalizeError(f"output.dir='{self.dir}' holds a finished run (metrics.json); there is nothing to "
+                                   "resume")
+        started = _flat(dataclasses.asdict(load_config(self.dir / "config.yaml")))
+        now = _flat(dataclasses.asdict(self.cfg))
+        for key in sorted(set(started) | set(now)):
+            if key not in ("output.overwrite", "output.resume") and started.get(key) != now.get(key):
+                raise InternalizeError(f"output.dir='{self.dir}' was started with {key}={started.get(key)!r}, not "
+                                       f"{now.get(key)!r}; resume with the config it was started with, or pass "
+                                       "--overwrite to start again")
 
     @property
     def model_dir(self) -> Path:
         return self.dir / "model"
 
-    def _clear(self) -> None:
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    def _clear(self, keep: tuple[str, ...] = ()) -> None:
         for name in RUN_FILES:
             target = self.dir / name
+            if name in keep:
+                continue
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
 
     @contextmanager
-    def open(self, cfg: Config) -> Iterator[Run]:
-        """Clear an earlier run's files, save the resolved config; on failure, keep only what is worth keeping."""
-        self._clear()
+    def open(self) -> Iterator[Run]:
+        """Clear an earlier run's files (all but the config and checkpoints of a run to resume), save the resolved
+        config; on failure, keep only what is worth keeping."""
+        self._clear(keep=("config.yaml", "checkpoints") if self.cfg.output.resume else ())
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.dir / "config.yaml")
+            save_config(self.cfg, self.dir / "config.yaml")
         except OSError as e:
             raise InternalizeError(f"output.dir='{self.dir}' is not writable ({e.strerror}); choose another output.dir") \
                 from None
         try:
             yield self
         except BaseException as e:
-            if not self.model_saved:
+            if not (self.model_saved or checkpoint.latest(self.checkpoint_dir)):
                 self._clear()
                 raise
             stage = next(reversed(self.timings), "start")
             failure = {"status": "failed", "after_stage": stage, "error": f"{type(e).__name__}: {e}",
                        "timings": self.timings}
             write_atomic(self.dir / "run.json", json.dumps(failure, indent=2) + "\n")
-            log.error("the run failed after %s; the trained model is kept in %s", stage, self.model_dir)
+            kept = "the trained model" if self.model_saved else "its checkpoints (--resume continues from them)"
+            log.error("the run failed after %s; %s are kept in %s", stage, kept, self.dir)
             raise
+
+    def resume_state(self, model: PreTrainedModel) -> TrainState | None:
+        """When resuming: the last complete checkpoint's state, its trainable weights restored into ``model``."""
+        found = checkpoint.latest(self.checkpoint_dir) if self.cfg.output.resume else None
+        if found is None:
+            if self.cfg.output.resume:
+                log.warning("no complete checkpoint in %s: training starts from the first step", self.checkpoint_dir)
+            return None
+        try:
+            state = checkpoint.load(found, model)
+        except ValueError as e:
+            raise InternalizeError(f"{e}; pass --overwrite to start again") from None
+        self.resumed_from = {"checkpoint": str(found), "step": state.step}
+        log.info("resuming from %s (step %d)", found, state.step)
+        return state
+
+    def checkpointer(self, model: PreTrainedModel) -> Callable[[TrainState], None] | None:
+        """What ``fit`` calls with its state every ``train.save_every`` steps (None: no checkpoints)."""
+        if not self.cfg.train.save_every:
+            return None
+        return lambda state: checkpoint.save(self.checkpoint_dir, model, state, self.cfg.train.keep_checkpoints)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -101,6 +157,17 @@ class Run:
         """The model is on disk: write its provenance beside it; from here on a failure keeps the run's files."""
         self.model_saved = True
         write_provenance(self.model_dir, provenance)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists stay values)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def write_provenance(model_dir: Path, provenance: dict[str, Any]) -> None:

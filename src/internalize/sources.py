@@ -16,7 +16,7 @@ position (``state_dict`` / ``load_state_dict``), so that a resumed run sees the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -34,6 +34,7 @@ class MicroBatch:
     prefix: Prefix  # the prompt tokens every view starts with (not prefilled: fit runs it with gradients)
     teacher_logp: torch.Tensor  # [B, A, C] (C = k + 1 top-k then tail, V, or 0 for given answers)
     teacher_ids: torch.Tensor | None  # [B, A, k] ids of the top-k classes, None for the full vocabulary
+    inputs: list[str] = field(default_factory=list)  # the input texts, for messages
 
     @property
     def tokens(self) -> int:
@@ -100,7 +101,7 @@ class OfflineBatches:
         views = [self.targets.student_views[i] for i in idx]
         batch = collate(views, self.pad_id, len(self.prefix))
         logp, ids = self.targets.stacked(idx, batch.answer_ids.shape[1])
-        return MicroBatch(batch, self.prefix, logp, ids)
+        return MicroBatch(batch, self.prefix, logp, ids, [self.targets.records[i]["input"] for i in idx])
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch_rng": self.epoch_rng, "position": self.position}

@@ -9,7 +9,10 @@ micro-batches (length bucketing makes their counts differ). The prompt prefix ev
 shares (chat header, default system prompt) runs once per micro-batch, with gradients.
 
 Everything a resumed run needs is in the ``TrainState`` passed in and returned: the step, the loss
-history, and the optimizer's, scheduler's, source's and random number generator's states.
+history, and the optimizer's, scheduler's, source's and random number generator's states; every
+``train.save_every`` steps (and at the last) ``on_checkpoint`` receives it (``checkpoint.save``
+writes it). A step whose loss or gradient is NaN or infinite is skipped (no update), logged with
+its inputs, and after ``train.max_bad_steps`` of them the run stops with a one-line error.
 
     state = fit(student, OfflineBatches(targets, pad_id, 8, 16), cfg.train, runtime)
     state.history  # [{step, loss, lr, padding}, ...]
@@ -20,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .config import TrainConfig
+from .config import InternalizeError, TrainConfig
 from .decoding import answer_logits
 from .losses import distillation_loss
 from .runtime import Runtime
@@ -65,10 +69,12 @@ def num_steps(num_examples: int, cfg: TrainConfig) -> int:
 
 
 def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime: Runtime,
-        state: TrainState | None = None, stop_at: int | None = None) -> TrainState:
+        state: TrainState | None = None, stop_at: int | None = None,
+        on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
     """Train ``model`` in place from ``state`` (default: a fresh start) to the last step, or to ``stop_at``.
 
-    Returns the state after the last step taken; passing it back (with the same model) continues the run."""
+    Returns the state after the last step taken; passing it back (with the same model) continues the run.
+    ``on_checkpoint`` is called with the state every ``cfg.save_every`` steps and at the last step."""
     # setup
     state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -87,8 +93,14 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
     log.info("training steps %d-%d of %d on %d examples (%d trainable parameters)", state.step + 1, end, total,
              batches.num_examples, sum(p.numel() for p in params))
 
+    def snapshot() -> TrainState:
+        state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
+        state.batches, state.rng = batches.state_dict(), torch.get_rng_state()
+        return state
+
     model.train()
     first = state.step
+    bad = 0
     bar = tqdm(range(first, end), desc="train", unit="step", disable=None if runtime.is_main else True)
     started = time.perf_counter()
     # loop
@@ -105,23 +117,37 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
             share = mb.tokens / tokens  # the micro-batch's share of the window's answer tokens
             (loss * share * runtime.num_processes).backward()  # gradients are averaged over processes
             loss_sum += loss.detach() * share
-        if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # the norm, clipped or not
+        loss_value = runtime.sum(loss_sum).item()
         lr = scheduler.get_last_lr()[0]  # the rate this step used
-        optimizer.step()
+        finite = math.isfinite(loss_value) and bool(torch.isfinite(norm))
+        if finite:
+            optimizer.step()
+        else:  # skip the update; the step still counts (its batches are used up, the schedule moves on)
+            bad += 1
+            inputs = [text for mb in window for text in mb.inputs]
+            log.warning("step %d skipped: loss %s, gradient norm %s (%d of at most %d); its inputs: %s", step + 1,
+                        loss_value, norm.item(), bad, cfg.max_bad_steps, inputs)
+            if bad > cfg.max_bad_steps:
+                optimizer.zero_grad(set_to_none=True)
+                raise InternalizeError(f"train: {bad} steps had a NaN or infinite loss or gradient (train.max_bad_steps="
+                                       f"{cfg.max_bad_steps}); the last checkpoint is kept; lower train.lr or check the "
+                                       "teacher's targets")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         # log
         padding = sum(mb.batch.padding_share for mb in window) / len(window)
-        record = {"step": step + 1, "loss": runtime.sum(loss_sum).item(), "lr": lr, "padding": round(padding, 4)}
+        record = {"step": step + 1, "loss": loss_value, "lr": lr, "padding": round(padding, 4)}
+        if not finite:
+            record["skipped"] = True
         state.history.append(record)
         state.step = step + 1
+        if on_checkpoint is not None and cfg.save_every and (state.step % cfg.save_every == 0 or state.step == total):
+            on_checkpoint(snapshot())
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if (step + 1) % max(1, total // 10) == 0 and step + 1 < total and runtime.is_main:  # progress in logs too
             elapsed = time.perf_counter() - started
             log.info("step %d/%d, loss %.4f, %.0f s, about %.0f s left", step + 1, total, record["loss"], elapsed,
                      elapsed / (step + 1 - first) * (end - step - 1))
     model.eval()
-    state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
-    state.batches, state.rng = batches.state_dict(), torch.get_rng_state()
-    return state
+    return snapshot()
