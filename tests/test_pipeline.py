@@ -455,3 +455,33 @@ def test_a_run_hashes_the_teachers_weights_once(tiny_model_dir, tmp_path, monkey
     raw["eval"]["neutral_file"] = "builtin"  # three teacher runs: training inputs, held-out inputs, neutral prompts
     distill(config_from_dict(raw))
     assert len(hashed) == 1
+
+
+# --- inputs that do not fit the model's window ------------------------------------------------------------------
+
+
+def test_an_input_too_long_for_the_window_is_dropped_and_counted(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")  # the tiny model's window: 1024 tokens, one per character
+    raw["data"]["inputs"] = [*TINY_INPUTS, "x" * 1100]
+    raw["data"]["eval_inputs"] = ["Say hi", "y" * 1100, "Spell cat."]
+    raw["data"]["num_eval"] = 0
+    metrics = distill(config_from_dict(raw))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["too_long"] == {"main.train": 1, "main.held_out": 1}
+    assert info["train_inputs"] == len(TINY_INPUTS) and metrics["main"]["base"]["n"] == 2
+    assert "Inputs dropped because they do not fit the model's window" in (tmp_path / "run" / "report.md").read_text()
+    raw["data"]["too_long"] = "error"
+    raw["output"]["dir"] = str(tmp_path / "refused")
+    with pytest.raises(InternalizeError, match=r"^behaviour 'main': train input 13 takes \d+ tokens with its context; "
+                                               r"with teacher.max_new_tokens=8 it does not fit the model's 1024-token"):
+        distill(config_from_dict(raw))
+    assert not (tmp_path / "refused").exists()
+
+
+def test_a_context_that_leaves_no_room_for_an_input_is_refused(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["teacher"]["context"] = "Be brief. " * 110
+    with pytest.raises(InternalizeError, match=r"^behaviour 'main': the context takes \d+ tokens of the model's "
+                                               r"1024-token window, leaving no room"):
+        distill(config_from_dict(raw))
+    assert not (tmp_path / "run").exists()

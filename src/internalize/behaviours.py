@@ -6,6 +6,7 @@ its scorer, so that every bad file, line or key is reported before a model is lo
 
     behaviours = load_behaviours(cfg)
     behaviours[0].prompt, behaviours[0].train, behaviours[0].held_out, behaviours[0].scorer
+    dropped = fit_window(behaviours, tokenizer, window=2048, cfg=cfg)   # once the tokenizer is loaded
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
+
 from .config import BehaviourConfig, Config, InternalizeError, PromptConfig, import_callable
 from .data import Record, read_inputs, split_inputs, uses_synthesis
+from .views import prompt_ids
 
 Scorer = Callable[[Record, str], float]
 
@@ -76,3 +80,45 @@ def load_behaviours(cfg: Config, need_train: bool = True) -> list[Behaviour]:
             train, held_out = split_inputs(cfg.data, train, held_out, b)
         behaviours.append(Behaviour(b, train, held_out, load_scorer(b, (cfg.config_dir,))))
     return behaviours
+
+
+def fit_window(behaviours: list[Behaviour], tokenizer: PreTrainedTokenizerBase, window: int | None,
+               cfg: Config) -> dict[str, int]:
+    """Drop (or refuse, ``data.too_long=error``) the inputs whose longest teacher prompt plus the teacher's
+    ``max_new_tokens`` exceeds the model's ``window``; returns how many were dropped per behaviour and split.
+
+    A context that leaves no room for any input is always an error."""
+    if not window:
+        return {}
+    room = window - cfg.teacher.max_new_tokens
+    dropped: dict[str, int] = {}
+    for b in behaviours:
+        contexts = b.prompt.split()
+        context = max(len(prompt_ids(tokenizer, "", c)) for c in contexts)
+        if context >= room:
+            raise InternalizeError(f"behaviour '{b.name}': the context takes {context} tokens of "
+                                   f"the model's {window}-token window, leaving no room for an input and "
+                                   f"teacher.max_new_tokens={cfg.teacher.max_new_tokens}; shorten it or split its "
+                                   "demonstrations (prompt.demonstrations_per_context)")
+        for split in ("train", "held_out"):
+            records = getattr(b, split)
+            if records is None:
+                continue
+            kept = []
+            for i, r in enumerate(records):
+                length = max(len(prompt_ids(tokenizer, r["input"], c)) for c in contexts)
+                if length <= room:
+                    kept.append(r)
+                elif cfg.data.too_long == "error":
+                    raise InternalizeError(f"behaviour '{b.name}': {split.replace('_', '-')} input {i + 1} takes {length} tokens "
+                                           f"with its context; with teacher.max_new_tokens={cfg.teacher.max_new_tokens} "
+                                           f"it does not fit the model's {window}-token window; shorten it, or set "
+                                           "data.too_long=drop")
+            if len(kept) < len(records):
+                dropped[f"{b.name}.{split}"] = len(records) - len(kept)
+                setattr(b, split, kept)
+        if not b.held_out or (b.train is not None and not b.train):
+            raise InternalizeError(f"behaviour '{b.name}': no input fits the model's {window}-token window with its context and "
+                                   f"teacher.max_new_tokens={cfg.teacher.max_new_tokens}; shorten the inputs or the "
+                                   "context")
+    return dropped

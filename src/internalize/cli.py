@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     except InternalizeError as e:
         print(f"internalize: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a directory made read-only mid-run: what failed, in one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"internalize: error: {where}{e.strerror or e}; free space or fix the permissions, then run again "
+              "(a run with checkpoints continues with --resume)", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2))  # distill and eval: {behaviour: {base, teacher, student}}
     return 0
 

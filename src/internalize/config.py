@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
+import re
 import string
 import typing
 from dataclasses import asdict, dataclass, field
@@ -24,6 +26,9 @@ import yaml
 
 class InternalizeError(Exception):
     """A user-facing error: one line naming the file, field or line and the fix (CLI exit 2)."""
+
+    def __str__(self) -> str:  # one line, whatever text of the user's it quotes
+        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -128,12 +133,15 @@ class DataConfig(_Section):
                           default=30)
     max_train: int = _help("Use at most this many training inputs per behaviour (0 = all).", default=0)
     seed: int = _help("Seed of the train/eval split shuffle.", default=0)
+    too_long: str = _help("An input whose teacher prompt plus teacher.max_new_tokens does not fit the model's window: "
+                          "drop (counted in run.json and the report) or error.", default="drop")
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig,
                                          metadata={"help": "Model-written training inputs (used when the run's one "
                                                            "behaviour has no train_file or inputs)."})
 
     def __post_init__(self) -> None:
         self._require(self.num_eval >= 0, "num_eval", "must be >= 0")
+        self._choice("too_long", ("drop", "error"))
         self._require(self.max_train >= 0, "max_train", "must be >= 0 (0 = all)")
 
 
@@ -212,6 +220,8 @@ class BehaviourConfig(_Section):
     def __post_init__(self) -> None:
         self._require(bool(self.name) and self.name not in CONDITIONS, "name",
                       f"give a name other than {', '.join(CONDITIONS)} (those name the report's conditions)")
+        self._require(re.fullmatch(r"\w[\w.-]*", self.name) is not None and ".." not in self.name, "name",
+                      "use letters, digits, '_', '-' and '.' (no path: the name may name files)")
         self._require(not (self.train_file and self.inputs), "inputs", f"{self._name}.train_file is set too; keep one")
         self._require(not (self.eval_file and self.eval_inputs), "eval_inputs", f"{self._name}.eval_file is set too; keep one")
         self._require(not self.scorer or ":" in self.scorer, "scorer", "use the form 'module:function'")
@@ -484,7 +494,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 raise ValueError
             return int(value)
         if tp is float:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
                 raise ValueError
             return float(value)
         if tp is str:
@@ -500,8 +510,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if not isinstance(value, list):
                 raise ValueError
             return value
-    except (TypeError, ValueError):
-        want = getattr(tp, "__name__", str(tp))
+    except (TypeError, ValueError, OverflowError):
+        want = "a finite number" if tp is float else getattr(tp, "__name__", str(tp))
         raise InternalizeError(f"{key}={value!r} is invalid: expected {want}") from None
     return value
 
@@ -553,19 +563,39 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings to a nested dict (minGPT's merge_from_args)."""
+    """Apply ``section.key=value`` strings to a nested dict (minGPT's merge_from_args); a number indexes a list
+    (``behaviours.0.prompt.context=...``)."""
     for item in overrides:
         key, eq, value = item.partition("=")
         parts = key.strip().split(".")
         if not eq or len(parts) < 2 or not all(parts):
             raise InternalizeError(f"override '{item}' is invalid: use section.key=value, e.g. train.lr=1e-4")
-        node = raw
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+        node: Any = raw
+        for part, after in zip(parts[:-1], parts[1:], strict=True):
+            if isinstance(node, list) and part.isdigit() and int(part) < len(node):  # behaviours.1.prompt.context=...
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {}) if isinstance(node, dict) else None
+            if not (isinstance(node, dict) or (isinstance(node, list) and after.isdigit())):
                 raise InternalizeError(f"override '{item}' is invalid: '{part}' is not a config section")
+        if not isinstance(node, dict):
+            raise InternalizeError(f"override '{item}' is invalid: '{parts[-2]}' has no entry {parts[-1]}")
         node[parts[-1]] = value  # a string: _coerce converts it by the field's declared type
     return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (the plain loader keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -578,11 +608,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise InternalizeError(f"{path}: config file not found; check the path")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.load(path.read_bytes().decode("utf-8"), Loader=_UniqueKeyLoader)
+        except UnicodeDecodeError as e:
+            line = path.read_bytes()[: e.start].count(b"\n") + 1
+            raise InternalizeError(f"{path}: not UTF-8 text at line {line}; save the file as UTF-8") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f" at line {mark.line + 1}" if mark else ""
-            raise InternalizeError(f"{path}: malformed YAML{line}; fix the syntax ({getattr(e, 'problem', e)})") from None
+            why = " ".join(str(getattr(e, "problem", None) or e).split())  # one line, whatever the parser said
+            raise InternalizeError(f"{path}: malformed YAML{line}; fix the syntax ({why})") from None
+        raw = {} if raw is None else raw
     try:
         cfg = config_from_dict(apply_overrides(raw, list(overrides or [])))
     except InternalizeError as e:

@@ -27,7 +27,12 @@ def read_jsonl(path: str | Path, key: str) -> list[Record]:
     if not path.is_file():
         raise InternalizeError(f"{key}='{path}': file not found; check the path")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InternalizeError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                   "save the file as UTF-8") from None
         if not line.strip():
             continue
         try:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .behaviours import Behaviour, load_behaviours
+from .behaviours import Behaviour, fit_window, load_behaviours
 from .config import Config, InternalizeError
 from .data import Record, read_jsonl, split_inputs
 from .evaluation import evaluate_behaviours, forgetting
@@ -74,6 +74,11 @@ def _targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behavio
     return taught
 
 
+def _window(model: PreTrainedModel) -> int | None:
+    """The longest sequence the model takes (None when its config does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
 def _synthesis_path(cfg: Config) -> Path:
     return Path(cfg.data.synthesize.output or Path(cfg.output.dir) / "synthesized.jsonl")
 
@@ -92,6 +97,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         model, tokenizer = load_model(cfg.model, runtime)
         base_dir = model.name_or_path
         started_from = origin(cfg.model.name, base_dir)
+        too_long = fit_window(behaviours, tokenizer, _window(model), cfg)
     with run.open():
         info: dict[str, Any] = {}
         if synthesizing:
@@ -100,6 +106,7 @@ def distill(cfg: Config) -> dict[str, Any]:
                                                         runtime, cfg.model.name, (cfg.config_dir,))
                 b = behaviours[0]
                 b.train, b.held_out = split_inputs(cfg.data, records, b.held_out, b.config)
+                too_long |= fit_window(behaviours, tokenizer, _window(model), cfg)
         model = make_student(model, cfg.model)
         with run.stage("teacher"):
             taught = _targets(model, tokenizer, behaviours, cfg, runtime)
@@ -125,6 +132,8 @@ def distill(cfg: Config) -> dict[str, Any]:
                 info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, runtime)
         if run.resumed_from:
             info["resumed_from"] = run.resumed_from
+        if too_long:
+            info["too_long"] = too_long
         info |= {
             "started_from": started_from,
             "train_inputs": sum(len(b.train) for b in behaviours), "train_answers": len(targets),
@@ -165,6 +174,7 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
     with run.stage("load"):
         model, tokenizer = load_model(cfg.model, runtime)
         student_model, _ = load_model(dataclasses.replace(cfg.model, name=student), runtime)
+        too_long = fit_window(behaviours, tokenizer, _window(model), cfg)
     with run.open():
         with run.stage("reference"):
             references = _references(model, tokenizer, behaviours, cfg, runtime)
@@ -172,7 +182,7 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
             conditions = {"base": model, "teacher": model, "student": student_model}
             results = evaluate_behaviours(conditions, tokenizer, behaviours, references, cfg.eval, runtime)
         info: dict[str, Any] = {"student": student, "eval_inputs": sum(len(b.held_out) for b in behaviours),
-                                "timings": run.timings}
+                                "timings": run.timings, **({"too_long": too_long} if too_long else {})}
         if neutral:
             with run.stage("forgetting"):
                 original = _original(model, tokenizer, neutral, cfg, runtime)

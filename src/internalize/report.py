@@ -170,6 +170,8 @@ def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], beha
         f"{sum(len(b.held_out) for b in behaviours)} held-out inputs.",
         "",
     ]
+    if cfg.model.trust_remote_code:
+        lines += ["The model's own modelling code was run (`model.trust_remote_code: true`).", ""]
     lines += _chain(info.get("started_from"))
     for b in behaviours:
         if len(behaviours) > 1:
@@ -191,6 +193,9 @@ def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], beha
                   f"{f['kl_original_student']:.4f} (0 before).", ""]
     if info.get("dropped"):
         lines += [f"Teacher samples dropped: {info['dropped']}.", ""]
+    if info.get("too_long"):
+        lines += [f"Inputs dropped because they do not fit the model's window with their context (`data.too_long`): "
+                  f"{info['too_long']}.", ""]
     if info.get("teacher_cache", {}).get("hit"):
         lines += [f"The teacher's answers and distributions were reused from the cache in "
                   f"`{info['teacher_cache']['dir']}` (same weights, context, inputs and teacher settings).", ""]

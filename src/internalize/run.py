@@ -119,7 +119,10 @@ class Run:
             stage = next(reversed(self.timings), "start")
             failure = {"status": "failed", "after_stage": stage, "error": f"{type(e).__name__}: {e}",
                        "timings": self.timings}
-            write_atomic(self.dir / "run.json", json.dumps(failure, indent=2) + "\n")
+            try:
+                write_atomic(self.dir / "run.json", json.dumps(failure, indent=2) + "\n")
+            except OSError as again:  # the disk that failed the run may refuse this too
+                log.error("could not record the failure in run.json (%s)", again)
             kept = "the trained model" if self.model_saved else "its checkpoints (--resume continues from them)"
             log.error("the run failed after %s; %s are kept in %s", stage, kept, self.dir)
             raise
