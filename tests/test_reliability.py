@@ -35,13 +35,15 @@ CHILD = textwrap.dedent('''
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    if point == "teacher":  # the training targets are done (and cached), the held-out reference is being made
-        real_answer = pipeline.answer
-        def answer(*args, **kwargs):
-            if kwargs.get("desc", "").endswith("eval]"):
+    if point == "teacher":  # in the third of the teacher's three parts (two are done and cached)
+        import internalize.teacher as teacher
+        real_part, parts = teacher._answer_part, []
+        def answer_part(*args, **kwargs):
+            parts.append(1)
+            if len(parts) == 3:
                 die()
-            return real_answer(*args, **kwargs)
-        pipeline.answer = answer
+            return real_part(*args, **kwargs)
+        teacher._answer_part = answer_part
     elif point == "training":  # right after the checkpoint of step 4
         real_save = checkpoint.save
         def save(directory, model, state, keep):
@@ -71,6 +73,7 @@ def _config(tiny_model_dir, out, **train):
     raw = tiny_config_dict(tiny_model_dir, out)
     raw["model"]["lora_dropout"] = 0.1
     raw["train"].update(max_steps=6, batch_size=2, save_every=2, keep_checkpoints=2, **train)
+    raw["teacher"]["shard_inputs"] = 3  # the 8 training inputs are taught in 3 parts
     return raw
 
 
@@ -107,7 +110,8 @@ def _assert_same_result(out, uninterrupted):
 
 
 @pytest.mark.parametrize("point", ["teacher", "training", "checkpoint_write", "artifact"])
-def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(point, tiny_model_dir, tmp_path, uninterrupted):
+def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(point, tiny_model_dir, tmp_path, uninterrupted,
+                                                                   caplog):
     out = tmp_path / "run"
     path = write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, out))
     _kill(point, path)
@@ -120,8 +124,11 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(point, tiny_m
     assert steps == expected
     if point == "checkpoint_write":
         assert list((out / "checkpoints").glob(".tmp-step-00000004-*"))  # the half-written one, never loaded
-    distill(load_config(path, ["output.resume=true"]))
+    with caplog.at_level("INFO", logger="internalize.teacher"):
+        distill(load_config(path, ["output.resume=true"]))
     _assert_same_result(out, uninterrupted)
+    if point == "teacher":  # the teacher stage continued after its last complete part
+        assert "teacher[main]: reused 2 of 3 parts of the teacher's targets" in caplog.text
     info = json.loads((out / "run.json").read_text())
     if steps:
         assert info["resumed_from"]["step"] == int(steps[-1].split("-")[1])

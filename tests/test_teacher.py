@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 import pytest
 import torch
@@ -435,3 +436,24 @@ def test_routed_teacher_gives_input_i_the_context_i_mod_n(tiny):
     targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     for i, (record, view) in enumerate(zip(records, targets.teacher_views, strict=True)):
         assert view.prompt_ids == prompt_ids(tok, record["input"], contexts[i % 2])
+
+
+def test_the_teacher_in_parts_equals_the_teacher_in_one_go_and_caches_each_part(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:8]]
+    prompt = PromptConfig(context="Answer in one word.")
+    whole = teacher.answer(model, tok, records, prompt, TeacherConfig(max_new_tokens=8, top_k=4, cache_dir=""), RUNTIME)
+    cfg = TeacherConfig(max_new_tokens=8, top_k=4, shard_inputs=3, cache_dir=str(tmp_path))
+    parts = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
+    assert parts.source == whole.source and parts.answers == whole.answers
+    assert parts.student_views == whole.student_views
+    for a, b in zip(parts.logp, whole.logp, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert len(list(tmp_path.iterdir())) == 3  # 3 + 3 + 2 inputs, each part cached on its own
+    computed = []
+    real = teacher._answer_part
+    monkeypatch.setattr(teacher, "_answer_part", lambda *a, **k: computed.append(len(a[2])) or real(*a, **k))
+    shutil.rmtree(next(p for p in sorted(tmp_path.iterdir()) if p.is_dir()))  # as if killed before one part was saved
+    again = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
+    assert len(computed) == 1 and not again.cache_hit  # only the missing part ran again
+    assert again.answers == whole.answers and again.source == whole.source

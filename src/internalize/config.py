@@ -261,6 +261,8 @@ class TeacherConfig(_Section):
         "Teacher log-probs kept per answer token: top-k plus the tail mass (0 = full vocabulary).", default=128
     )
     batch_size: int = _help("Teacher generation and scoring batch size.", default=64)
+    shard_inputs: int = _help("Inputs taught and cached as one part: a run killed in the teacher stage continues "
+                              "after its last complete part.", default=256)
     cache_dir: str = _help(
         "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
         "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",
@@ -278,6 +280,7 @@ class TeacherConfig(_Section):
                       f"teacher.extractor={self.extractor} needs a pattern")
         self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        self._require(self.shard_inputs >= 1, "shard_inputs", "must be >= 1")
 
     def greedy(self) -> TeacherConfig:
         """These settings with one greedy answer per input: the teacher as evaluation compares against it."""

@@ -85,7 +85,9 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
            prompt: PromptConfig | None, cfg: TeacherConfig, runtime: Runtime, desc: str = "teacher") -> Targets:
     """Run the teacher on ``records`` (or reuse its cached run): generate, extract, keep the distributions.
 
-    ``prompt`` None: the frozen model with no context (the reference of the forgetting check)."""
+    The inputs are taught in parts of ``teacher.shard_inputs``, each cached as soon as it is done, so
+    a run killed in the teacher stage continues after its last complete part. ``prompt`` None: the
+    frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     contexts = prompt.split() if prompt is not None else [None]
     group = len(contexts) if prompt is not None and prompt.combine == "average" else 1  # prompts per input, averaged
@@ -94,19 +96,42 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     else:  # one context per input: the only one, or routed (input i to context i mod n)
         prompts = [prompt_ids(tokenizer, r["input"], contexts[i % len(contexts)]) for i, r in enumerate(records)]
     where = cache_dir(cfg)
-    if where is not None:
-        key = cache.cache_key(model, prompts, records, cfg, tokenizer.eos_token_id)
-        cached = cache.load(where, key)
-        if cached is not None:
-            log.info("%s: reused the teacher's targets from %s", desc, where / key)
-            cached.cache_hit = True
-            return cached
+    parts, reused = [], 0
+    for start in range(0, max(len(records), 1), cfg.shard_inputs):
+        end = min(start + cfg.shard_inputs, len(records))
+        part_prompts = prompts[start * group : end * group]
+        part = None
+        if where is not None:
+            key = cache.cache_key(model, part_prompts, records[start:end], cfg, tokenizer.eos_token_id)
+            part = cache.load(where, key)
+            reused += part is not None
+        if part is None:
+            part = _answer_part(model, tokenizer, records[start:end], part_prompts, group, top_k, cfg, runtime,
+                                cfg.seed + start, f"{desc} {start + 1}-{end}" if end - start < len(records) else desc)
+            if where is not None:
+                cache.save(where, key, part)
+        part.source = [i + start for i in part.source]
+        parts.append(part)
+    targets = Targets.concat(parts)
+    targets.cache_hit = reused == len(parts)
+    if reused:
+        log.info("%s: reused %d of %d parts of the teacher's targets from %s", desc, reused, len(parts), where)
+    if targets.dropped:
+        log.warning("%s: dropped %s teacher samples of %d inputs: %s", desc, sum(targets.dropped.values()),
+                    len(records), targets.dropped)
+    return targets
+
+
+def _answer_part(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
+                 prompts: list[tuple[int, ...]], group: int, top_k: int, cfg: TeacherConfig, runtime: Runtime,
+                 seed: int, desc: str) -> Targets:
+    """The teacher's targets for ``records`` (``group`` prompts each): generate, extract, keep or score again."""
     targets = Targets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
     rescore: list[View] = []  # kept answers whose tokens differ from the generation's, under each averaged context
     pending: list[int] = []  # their places in targets.logp
     with teacher_mode(model), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(seed)
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device, cfg.do_sample,
                            cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, group=group,
                            desc=f"{desc}: generate")
@@ -138,9 +163,6 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
                     rescore += [View(p + scratch_tok, view.answer_ids) for p in prompts[i * group : (i + 1) * group]]
                 targets.keep(record, i, gen.text, final, view, student_prompts[i], logp, ids)
         targets.dropped = dict(dropped)
-        if dropped:
-            log.warning("%s: dropped %s of %d teacher samples: %s", desc, sum(dropped.values()),
-                        sum(map(len, samples)), dict(dropped))
         if rescore:
             for at, (logp, ids) in zip(pending, score(model, tokenizer, rescore, top_k, cfg.batch_size, runtime, desc,
                                                       group), strict=True):
@@ -150,8 +172,6 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
         if cfg.extractor != "none":
             log.info("%s: %d of %d answers took their distributions from the generation, %d were scored again", desc,
                      len(targets) - len(pending), len(targets), len(pending))
-    if where is not None:
-        cache.save(where, key, targets)
     return targets
 
 
