@@ -15,6 +15,7 @@ newest checkpoint whose files match their checksums, skipping (and logging) any 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -80,8 +81,7 @@ def save(directory: Path, model: PreTrainedModel, state: TrainState, keep: int) 
     tmp.mkdir()
     save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()}, tmp / "weights.safetensors")
     tensors: dict[str, torch.Tensor] = {}
-    fields = {"step": state.step, "history": state.history, "optimizer": state.optimizer,
-              "scheduler": state.scheduler, "batches": state.batches, "rng": state.rng}
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}  # asdict would copy every tensor
     (tmp / "state.json").write_text(json.dumps({"format": FORMAT, "state": _split(fields, tensors, "state")}))
     save_file(tensors, tmp / "state.safetensors")
     files = {name: _sha256(tmp / name) for name in ("weights.safetensors", "state.safetensors", "state.json")}

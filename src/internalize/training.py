@@ -50,6 +50,7 @@ class TrainState:
     scheduler: dict[str, Any] | None = None
     batches: dict[str, Any] | None = None
     rng: torch.Tensor | None = None  # torch's CPU generator (dropout, sampling)
+    cuda_rng: list[torch.Tensor] | None = None  # each CUDA device's generator, when there are any
 
 
 def _schedule(step: int, total: int, warmup: int, kind: str) -> float:
@@ -89,6 +90,8 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
         scheduler.load_state_dict(state.scheduler)
         batches.load_state_dict(state.batches)
         torch.set_rng_state(state.rng)
+        if state.cuda_rng is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.cuda_rng)
     end = total if stop_at is None else min(stop_at, total)
     log.info("training steps %d-%d of %d on %d examples (%d trainable parameters)", state.step + 1, end, total,
              batches.num_examples, sum(p.numel() for p in params))
@@ -96,6 +99,7 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
     def snapshot() -> TrainState:
         state.optimizer, state.scheduler = optimizer.state_dict(), scheduler.state_dict()
         state.batches, state.rng = batches.state_dict(), torch.get_rng_state()
+        state.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         return state
 
     model.train()
