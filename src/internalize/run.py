@@ -75,8 +75,9 @@ class Run:
                                    "resume")
         started = _flat(dataclasses.asdict(load_config(self.dir / "config.yaml")))
         now = _flat(dataclasses.asdict(self.cfg))
+        free = ("output.overwrite", "output.resume", "model.device", "teacher.cache_dir")  # change nothing learned
         for key in sorted(set(started) | set(now)):
-            if key not in ("output.overwrite", "output.resume") and started.get(key) != now.get(key):
+            if key not in free and started.get(key) != now.get(key):
                 raise InternalizeError(f"output.dir='{self.dir}' was started with {key}={started.get(key)!r}, not "
                                        f"{now.get(key)!r}; resume with the config it was started with, or pass "
                                        "--overwrite to start again")
