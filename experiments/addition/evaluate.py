@@ -6,7 +6,7 @@ For each ``NAME=MODEL`` it generates greedily, with no context, the direct answe
 NAME`` that model is also scored with the scratch-pad request (``task.scratchpad_answer``) on
 ``--scratchpad-per-length`` problems per length; ``--fewer NAME=N`` scores a model known to fail on
 only the first N problems of each length. Mean generated tokens per answer give the inference cost.
-Writes ``experiments/results/OUT.json`` and ``experiments/addition/OUT.png`` (``--out``, default addition).
+Writes ``experiments/addition/results/OUT.json`` and ``OUT.png`` beside it (``--out``, default addition).
 
     python -m experiments.addition.evaluate --scratchpad teacher --scratchpad-per-length 100 \\
         --fewer base=200 --fewer teacher=200 base=smollm2-135m teacher=runs/addition_teacher/model \\
@@ -125,9 +125,9 @@ def main() -> None:
         log.info("%s word problems: %.3f", name, res["word"]["accuracy"])
         results["models"][name] = res
     results["wall_s"] = round(time.perf_counter() - start, 1)
-    out = ROOT / "experiments/results" / f"{args.out}.json"
+    out = ROOT / "experiments/addition/results" / f"{args.out}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, ROOT / "experiments/addition" / f"{args.out}.png")
+    plot(results, out.with_suffix(".png"))
     log.info("wrote %s (%.0f s)", out, results["wall_s"])
 
 

@@ -10,7 +10,7 @@ For each seed: split the countries (``capitals.split``), let the model write cou
   is rerun and scored on the test split.
 
 Everything is the product's own ``synthesize_inputs`` and ``distill``. Writes
-``experiments/results/examples_capitals.json`` and ``experiments/examples/capitals.png``.
+``experiments/examples/results/examples_capitals.json`` and ``experiments/examples/results/capitals.png``.
 
     python -m experiments.examples.run --seeds 0 1 2 --k 4 8
 """
@@ -122,8 +122,8 @@ def main() -> None:
     result = {"command": "python -m experiments.examples.run --seeds " + " ".join(map(str, args.seeds)) + " --k "
               + " ".join(map(str, args.k)), "test_size": len(capitals.split(0)["test"]), "runs": runs,
               "summary": summary, "wall_s": round(time.perf_counter() - start, 1)}
-    (ROOT / "experiments/results/examples_capitals.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(summary, ROOT / "experiments/examples/capitals.png")
+    (ROOT / "experiments/examples/results/examples_capitals.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(summary, ROOT / "experiments/examples/results/capitals.png")
     log.info("summary %s (%.0f s)", summary, result["wall_s"])
 
 

@@ -10,7 +10,7 @@ trained on the same synthesized country names by:
 - **sequential**: chunk 1 distilled into the base, chunk 2 into that artifact, chunk 3 into the next.
 
 All are scored on the seed's test countries. The synthesized names are ``run.py``'s (written by it, or
-here when missing). Writes ``experiments/results/examples_window.json`` (per seed, and mean and
+here when missing). Writes ``experiments/examples/results/examples_window.json`` (per seed, and mean and
 spread over seeds).
 
     python -m experiments.examples.window --seeds 0 1 2
@@ -86,7 +86,7 @@ def main() -> None:
                               for way in WAYS}
         results["wall_s"] = round(time.perf_counter() - start, 1)
         results["command"] = "python -m experiments.examples.window --seeds " + " ".join(map(str, args.seeds))
-        Path(ROOT / "experiments/results/examples_window.json").write_text(json.dumps(results, indent=2) + "\n")
+        Path(ROOT / "experiments/examples/results/examples_window.json").write_text(json.dumps(results, indent=2) + "\n")
         log.info("students so far: %s (%.0f s)", results["student"], results["wall_s"])
 
 

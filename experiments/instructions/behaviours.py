@@ -67,12 +67,12 @@ def main(pairs: list[str]) -> None:
     result = {"command": "python experiments/instructions/behaviours.py " + " ".join(pairs), "models": models,
               "wall_s": round(time.perf_counter() - start, 1), "rates": table,
               "examples": {label: {k: v[:3] for k, v in out.items()} for label, out in outputs.items()}}
-    (ROOT / "experiments/results/instructions_behaviours.json").write_text(json.dumps(result, indent=2) + "\n")
+    (ROOT / "experiments/instructions/results/instructions_behaviours.json").write_text(json.dumps(result, indent=2) + "\n")
     cols = [*CHECKS, "neutral_same_as_base"]
     lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     lines += [f"| {label} (`{models[label]}`) | " + " | ".join(f"{row[c]:.2f}" for c in cols) + " |"
               for label, row in table.items()]
-    (ROOT / "experiments/instructions/behaviours.md").write_text("\n".join(lines) + "\n")
+    (ROOT / "experiments/instructions/results/behaviours.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -8,7 +8,7 @@ Runs the main job (``examples/over.yaml``, SmolLM2-135M) three ways, each with c
    appears (from outside, as an out-of-memory killer or a lost machine would);
 3. **resumed**: ``internalize distill examples/over.yaml output.dir=runs/reliability_killed train.save_every=4 --resume``.
 
-Writes ``experiments/results/reliability_kill_resume.json``: where it was killed, where it resumed,
+Writes ``experiments/reliability/results/reliability_kill_resume.json``: where it was killed, where it resumed,
 both runs' held-out metrics and the largest difference between their saved weights.
 
     python experiments/reliability/kill_resume.py
@@ -70,7 +70,7 @@ def main() -> None:
                     "resumed": json.loads((killed / "metrics.json").read_text())},
         "max_abs_weight_difference": max((a[k].float() - b[k].float()).abs().max().item() for k in a),
     }
-    out = ROOT / "experiments/results/reliability_kill_resume.json"
+    out = ROOT / "experiments/reliability/results/reliability_kill_resume.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

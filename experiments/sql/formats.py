@@ -10,7 +10,7 @@ under each way of showing the same k examples:
   same user message before the input (instruction and schema appear once);
 - ``system``: that block as the system message.
 
-Writes ``experiments/results/sql_formats_<warm-up run>.json``.
+Writes ``experiments/sql/results/sql_formats_<warm-up run>.json``.
 
     python -m experiments.sql.formats --k 4 8 --model runs/sql_warmup/model
     python -m experiments.sql.formats --k 4 8 --model runs/sql_warmup_examples/model
@@ -77,7 +77,7 @@ def main() -> None:
               "model": args.model, "questions_per_db": 30, "execution_accuracy": scores,
               "mean": {name: statistics.mean(v.values()) for name, v in scores.items()},
               "wall_s": round(time.perf_counter() - start, 1)}
-    out = ROOT / f"experiments/results/sql_formats_{Path(args.model).parent.name}.json"
+    out = ROOT / f"experiments/sql/results/sql_formats_{Path(args.model).parent.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     log.info("mean %s", result["mean"])
 

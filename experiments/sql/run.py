@@ -16,7 +16,7 @@ learns from, and 60 extra test questions (``score_more.py``). For each k:
   on dev, the best setting rerun and scored on test (``experiments.examples.run.gradient_descent``).
 
 Scores are execution accuracy (result rows equal the gold query's) and exact match. Writes
-``experiments/results/sql_examples.json`` and ``experiments/sql/examples.png``; each database's question
+``experiments/sql/results/sql_examples.json`` and ``experiments/sql/results/examples.png``; each database's question
 files go to ``experiments/sql/data/DB/``.
 
     python -m experiments.sql.run --k 4 8 --dbs zoo-5000 hospital-5001 zoo-5002 hospital-5003
@@ -107,8 +107,8 @@ def write(runs: list[dict[str, Any]], args: argparse.Namespace, start: float) ->
               "dbs": args.dbs,
               "test_per_db": N_TEST, "unlabeled_inputs_per_db": N_INPUTS, "dev_per_db": N_DEV, "runs": runs,
               "summary": summary, "wall_s": round(time.perf_counter() - start, 1)}
-    (ROOT / "experiments/results/sql_examples.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(summary, ROOT / "experiments/sql/examples.png", "execution accuracy (test)",
+    (ROOT / "experiments/sql/results/sql_examples.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(summary, ROOT / "experiments/sql/results/examples.png", "execution accuracy (test)",
          "Text-to-SQL: mean and spread over held-out databases")
     log.info("summary %s (%.0f s)", summary, result["wall_s"])
 

@@ -6,7 +6,7 @@ not an example, not a dev or unlabeled input), with the product's ``evaluate``: 
 without examples (base) and with the k examples (teacher), the distilled student and the
 gradient-descent model of each k, and two past-one-window students where they exist. Scores are
 execution accuracy on the 60, and pooled with the 20 of ``sql_examples.json`` / ``sql_window.json``
-(80 per database). Writes ``experiments/results/sql_examples_more.json``.
+(80 per database). Writes ``experiments/sql/results/sql_examples_more.json``.
 
     python -m experiments.sql.run --k 4 8 && python -m experiments.sql.window   # first: the models
     python -m experiments.sql.score_more
@@ -46,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
-    first = {(r["db"], r["k"]): r for r in json.loads((ROOT / "experiments/results/sql_examples.json").read_text())["runs"]}
-    window_file = ROOT / "experiments/results/sql_window.json"
+    first = {(r["db"], r["k"]): r for r in json.loads((ROOT / "experiments/sql/results/sql_examples.json").read_text())["runs"]}
+    window_file = ROOT / "experiments/sql/results/sql_window.json"
     window = json.loads(window_file.read_text())["dbs"] if window_file.is_file() else {}
     cfg = load_config(ROOT / CONFIG)
     behaviour, runtime = cfg.behaviours[0], Runtime.local(cfg.model.device)
@@ -86,7 +86,7 @@ def main() -> None:
                          + " --k " + " ".join(map(str, args.k)),
               "extra_test_per_db": N_EXTRA, "rows": rows, "summary": summary,
               "wall_s": round(time.perf_counter() - start, 1)}
-    (ROOT / "experiments/results/sql_examples_more.json").write_text(json.dumps(result, indent=2) + "\n")
+    (ROOT / "experiments/sql/results/sql_examples_more.json").write_text(json.dumps(result, indent=2) + "\n")
     log.info("summary %s (%.0f s)", summary, result["wall_s"])
 
 

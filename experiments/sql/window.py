@@ -10,7 +10,7 @@ trained on the same 80 unlabeled questions and scored on the same 20 test questi
 - **sequential**: chunk 2 distilled into the chunk-1 student (``model.name`` = its artifact);
 - **one context of 8** (no budget: the k = 8 run of ``run.py``, reused), for reference.
 
-Writes ``experiments/results/sql_window.json``.
+Writes ``experiments/sql/results/sql_window.json``.
 
     python -m experiments.sql.run --k 4 8       # first: the k = 4 and k = 8 runs reused here
     python -m experiments.sql.window
@@ -50,7 +50,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     earlier = {(r["db"], r["k"]): {c: r[c] for c in CONDITIONS[:3]} for r in
-               json.loads((ROOT / "experiments/results/sql_examples.json").read_text())["runs"]}
+               json.loads((ROOT / "experiments/sql/results/sql_examples.json").read_text())["runs"]}
     results: dict[str, Any] = {"n": N, "k": K, "dbs": {}}
     for db in args.dbs:
         examples = split(db)["pool"][:N]
@@ -64,7 +64,7 @@ def main() -> None:
             way: statistics.mean(r[way]["student"] for r in rows) for way in ("average", "sequential", "one_context_of_8")}
         results["wall_s"] = round(time.perf_counter() - start, 1)
         results["command"] = "python -m experiments.sql.window --dbs " + " ".join(args.dbs)
-        (ROOT / "experiments/results/sql_window.json").write_text(json.dumps(results, indent=2) + "\n")
+        (ROOT / "experiments/sql/results/sql_window.json").write_text(json.dumps(results, indent=2) + "\n")
         log.info("student means so far: %s", results["student_mean"])  # written after every database
 
 
