@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv, then distill examples/over.yaml into runs/over (SmolLM2-135M, ~2.5 min on 2 cores)
+#   make demo   set up .venv, then distill examples/over.yaml into runs/over (SmolLM2-135M, 1-2 min on 2 cores)
 #   make test   set up .venv, then run the test suite (tiny models offline, plus a short SmolLM2 smoke test)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -20,7 +20,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/internalize distill examples/over.yaml --overwrite
 
+# report.html is checked in a headless browser (tests/test_html_report.py): install Debian's chromium when it is
+# missing and we may (root); without it that test is skipped, with a note.
 test: $(STAMP)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		chromium >/dev/null) >/dev/null 2>&1 || echo "chromium not installed: the report.html browser test is skipped"
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -4,7 +4,8 @@ Every generated input must end in a config (or records) or in one ``InternalizeE
 the file, line or key: never another exception. ``INTERNALIZE_TALLY=FILE`` makes the tests count
 what each category of input got (RELIABILITY.md's figures):
 
-    INTERNALIZE_TALLY=experiments/results/bad_inputs.json INTERNALIZE_EXAMPLES=1000 python -m pytest tests/test_bad_inputs.py
+    INTERNALIZE_TALLY=experiments/reliability/results/bad_inputs.json INTERNALIZE_EXAMPLES=1000 \
+        python -m pytest tests/test_bad_inputs.py
 """
 
 from __future__ import annotations

@@ -118,3 +118,13 @@ def test_a_missing_file_names_the_behaviours_key(tmp_path):
     cfg = config_from_dict({"behaviours": [{"name": "x", "prompt": {"context": "c"}, "train_file": "nope.jsonl"}]})
     with pytest.raises(InternalizeError, match=r"behaviours\[0\]\.train_file='nope.jsonl': file not found"):
         load_behaviours(cfg)
+
+
+def test_a_column_mapping_reaches_every_behaviour(tmp_path):
+    table = tmp_path / "q.csv"
+    table.write_text("question,gold\nWhat is 2+2?,4\nName a colour.,red\nSay hi,hi\n")
+    cfg = config_from_dict({"data": {"input_column": "question", "num_eval": 1, "train_file": str(table)},
+                            "teacher": {"context": "c"}})
+    (main,) = load_behaviours(cfg)
+    assert sorted(r["input"] for r in main.train + main.held_out) == ["Name a colour.", "Say hi", "What is 2+2?"]
+    assert all("gold" in r for r in main.train + main.held_out)

@@ -292,3 +292,46 @@ def test_error_from_a_real_process_is_one_line(tiny_model_dir, tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("internalize: error: model.name=")
     assert not (tmp_path / "run").exists()
+
+
+# --- examples in the help, python -m internalize --------------------------------------------------------------
+
+COMMANDS = ["distill", "eval", "synthesize", "generate", "compare"]
+
+
+def test_help_shows_an_example_for_each_subcommand(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "Examples:" in out
+    for command in COMMANDS:
+        assert command in out.split("Examples:")[0]  # listed as a subcommand
+        assert f"  internalize {command} " in out.split("Examples:")[1]  # and shown in use
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_each_subcommand_help_shows_its_example(capsys, command):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "Example" in out and f"  internalize {command} " in out
+    if command in ("generate", "compare"):
+        assert "section.key=value" not in out  # no config keys for the commands that take no config
+        assert "--json" in out and ("--compare" in out if command == "generate" else "--plot" in out)
+
+
+def test_python_dash_m_internalize_is_the_command():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "internalize", "--help"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: internalize ")
+    for command in COMMANDS:
+        assert f"  internalize {command} " in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "internalize", "compare", "no-such-run-dir", "--no-plot"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == ["internalize: error: no-such-run-dir: no such run directory; give the directory "
+                                       "of a finished run (output.dir)"]

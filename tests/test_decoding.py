@@ -11,9 +11,9 @@ from internalize.decoding import (
     Batch,
     Generation,
     Prefix,
-    _choose,
     answer_logits,
     batches,
+    choose_token,
     collate,
     common_prefix_length,
     generate,
@@ -334,7 +334,7 @@ def test_answer_logits_gradients_through_the_prefix(tiny):
         assert error < 1e-4, (name, error.item())  # the same gradient; a wrong one would be off by O(1)
 
 
-# --- topk_with_tail and _choose --------------------------------------------------------------------------------
+# --- topk_with_tail and choose_token --------------------------------------------------------------------------------
 
 
 def test_topk_with_tail():
@@ -358,34 +358,34 @@ def test_topk_tail_of_a_peaked_distribution_is_exact():
 
 def test_choose_greedy_is_argmax():
     logp = torch.log_softmax(torch.randn(5, 11, generator=torch.Generator().manual_seed(0)), dim=-1)
-    assert torch.equal(_choose(logp, False, 1.0, 1.0), logp.argmax(-1))
-    assert torch.equal(_choose(logp, False, 0.1, 0.5), logp.argmax(-1))  # sampling settings are ignored
+    assert torch.equal(choose_token(logp, False, 1.0, 1.0), logp.argmax(-1))
+    assert torch.equal(choose_token(logp, False, 0.1, 0.5), logp.argmax(-1))  # sampling settings are ignored
 
 
 def test_choose_tiny_top_p_keeps_only_the_argmax():
     logp = torch.log_softmax(torch.randn(8, 11, generator=torch.Generator().manual_seed(0)), dim=-1)
     torch.manual_seed(0)
     for _ in range(20):
-        assert torch.equal(_choose(logp, True, 1.0, 1e-6), logp.argmax(-1))
+        assert torch.equal(choose_token(logp, True, 1.0, 1e-6), logp.argmax(-1))
 
 
 def test_choose_top_p_samples_from_the_nucleus():
     logp = torch.tensor([[0.05, 0.5, 0.15, 0.3]]).log().expand(4000, -1)
     torch.manual_seed(0)
-    drawn = _choose(logp, True, 1.0, 0.7)  # 0.5 then 0.3 reach 0.7: tokens 1 and 3 only
+    drawn = choose_token(logp, True, 1.0, 0.7)  # 0.5 then 0.3 reach 0.7: tokens 1 and 3 only
     assert set(drawn.tolist()) == {1, 3}
     assert 0.55 < (drawn == 1).float().mean().item() < 0.70  # renormalised: 0.5 / 0.8
-    everything = _choose(logp, True, 1.0, 1.0)
+    everything = choose_token(logp, True, 1.0, 1.0)
     assert set(everything.tolist()) == {0, 1, 2, 3}
 
 
 def test_choose_sampling_respects_the_seed():
     logp = torch.log_softmax(torch.zeros(64, 50), dim=-1)
     torch.manual_seed(3)
-    first = _choose(logp, True, 0.7, 0.9)
+    first = choose_token(logp, True, 0.7, 0.9)
     torch.manual_seed(3)
-    second = _choose(logp, True, 0.7, 0.9)
-    third = _choose(logp, True, 0.7, 0.9)
+    second = choose_token(logp, True, 0.7, 0.9)
+    third = choose_token(logp, True, 0.7, 0.9)
     assert torch.equal(first, second)
     assert not torch.equal(second, third)
     assert len(set(first.tolist())) > 10  # a uniform distribution is sampled, not argmaxed

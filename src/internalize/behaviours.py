@@ -70,7 +70,7 @@ def load_behaviours(cfg: Config, need_train: bool = True) -> list[Behaviour]:
     synthesized = uses_synthesis(cfg.behaviours, cfg.data)
     behaviours = []
     for b in cfg.behaviours:
-        train, held_out = read_inputs(b)
+        train, held_out = read_inputs(b, cfg.data)
         if synthesized:
             if not held_out:
                 raise InternalizeError("synthesized training inputs need a real held-out set: set "

@@ -135,6 +135,10 @@ class DataConfig(_Section):
     seed: int = _help("Seed of the train/eval split shuffle.", default=0)
     too_long: str = _help("An input whose teacher prompt plus teacher.max_new_tokens does not fit the model's window: "
                           "drop (counted in run.json and the report) or error.", default="drop")
+    input_column: str = _help("The column (CSV, Parquet, saved dataset) or JSONL field that holds each input's text; "
+                              "the other columns are kept in the record.", default="input")
+    output_column: str = _help("The column or JSONL field that holds a given answer (train.targets=data); it is "
+                               "read as the record's 'output'.", default="output")
     synthesize: SynthesizeConfig = field(default_factory=SynthesizeConfig,
                                          metadata={"help": "Model-written training inputs (used when the run's one "
                                                            "behaviour has no train_file or inputs)."})
@@ -143,6 +147,9 @@ class DataConfig(_Section):
         self._require(self.num_eval >= 0, "num_eval", "must be >= 0")
         self._choice("too_long", ("drop", "error"))
         self._require(self.max_train >= 0, "max_train", "must be >= 0 (0 = all)")
+        self._require(bool(self.input_column), "input_column", "name the column that holds the inputs")
+        self._require(bool(self.output_column), "output_column", "name the column that holds given answers")
+        self._require(self.output_column != self.input_column, "output_column", "must differ from data.input_column")
 
 
 POSITIONS = ("system", "before_input", "after_input")
@@ -208,9 +215,12 @@ class BehaviourConfig(_Section):
     name: str = _help("Name in metrics.json and the report (not base, teacher or student).", default="main")
     prompt: PromptConfig = field(default_factory=PromptConfig,
                                  metadata={"help": "The teacher's context (empty: keep the model's own behaviour)."})
-    train_file: str = _help("JSONL file of training inputs, one {\"input\": ...} per line.", default="")
+    train_file: str = _help("File of training inputs: JSONL (one {\"input\": ...} per line), .csv (header row), "
+                            ".parquet, or a directory saved by datasets' save_to_disk (DIR:SPLIT for one split); "
+                            "the input column is data.input_column.", default="")
     inputs: list[Any] = _help("Training inputs given inline (strings or {input: ...} records).", default_factory=list)
-    eval_file: str = _help("JSONL file of held-out inputs; if none, data.num_eval are split off the training inputs.",
+    eval_file: str = _help("File of held-out inputs, in any train_file format; if none, data.num_eval are split off "
+                           "the training inputs.",
                            default="")
     eval_inputs: list[Any] = _help("Held-out inputs given inline.", default_factory=list)
     scorer_regex: str = _help("A regex the final answer must match (re.search) to score 1.", default="")
@@ -316,6 +326,9 @@ class TrainConfig(_Section):
     keep_checkpoints: int = _help("Checkpoints kept in OUT/checkpoints (the newest ones).", default=2)
     max_bad_steps: int = _help("Steps whose loss or gradient is NaN or infinite are skipped; after this many the "
                                "run stops, keeping its last checkpoint.", default=5)
+    report_to: list[str] = _help("Experiment trackers (Hugging Face Accelerate's, e.g. [tensorboard]) that receive the "
+                                 "loss, learning rate and padding of every step and the evaluation metrics at the end; "
+                                 "local logs go to OUT/logs ([] = off).", default_factory=list)
 
     def __post_init__(self) -> None:
         self._choice("loss", ("forward_kl", "reverse_kl", "jsd", "ce"))
@@ -337,6 +350,16 @@ class TrainConfig(_Section):
         self._require(self.save_every >= 0, "save_every", "must be >= 0 (0 = no checkpoints)")
         self._require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         self._require(self.max_bad_steps >= 0, "max_bad_steps", "must be >= 0")
+        if self.report_to:  # Accelerate is imported only when trackers are asked for
+            from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+            from accelerate.utils import LoggerType
+
+            known = sorted(LOGGER_TYPE_TO_CLASS)  # Accelerate's own trackers and any registered with it
+            self._require(all(name in known for name in self.report_to), "report_to",
+                          f"use tracker names Accelerate supports: {', '.join(known)}")
+            installed = {str(t) for t in get_available_trackers()}
+            missing = [n for n in self.report_to if n in {t.value for t in LoggerType} and n not in installed]
+            self._require(not missing, "report_to", f"{', '.join(missing)} is not installed here; install it or drop it")
 
 
 @dataclass
@@ -364,10 +387,14 @@ class OutputConfig(_Section):
     overwrite: bool = _help("Replace a directory that already holds a run.", default=False)
     resume: bool = _help("Continue the unfinished run in the directory from its last complete checkpoint "
                          "(the config must be the one it was started with).", default=False)
+    card_context: str = _help("What the model card (model/README.md) shows of each behaviour's prompt: text (the "
+                              "context and demonstrations) or hash (their sha256 only; model/internalize.json and "
+                              "config.yaml still hold the config).", default="text")
 
     def __post_init__(self) -> None:
         self._require(bool(self.dir), "dir", "give an output directory")
         self._choice("save", ("merged", "adapter"))
+        self._choice("card_context", ("text", "hash"))
         self._require(not (self.resume and self.overwrite), "resume", "output.overwrite is set too; keep one")
 
 

@@ -182,7 +182,7 @@ class Generation:
     top: torch.Tensor | None = None  # [len(ids), k] their token ids (None: full vocabulary)
 
 
-def _choose(logp: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
+def choose_token(logp: torch.Tensor, do_sample: bool, temperature: float, top_p: float) -> torch.Tensor:
     """Next token per row: argmax, or a sample at ``temperature`` from the ``top_p`` nucleus."""
     if not do_sample:
         return logp.argmax(-1)
@@ -225,7 +225,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         dists: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = [[] for _ in rows]
         for step in range(max_new_tokens):
             logp = mean_over_contexts(torch.log_softmax(logits.float(), dim=-1), group)
-            chosen = _choose(logp, do_sample, temperature, top_p)
+            chosen = choose_token(logp, do_sample, temperature, top_p)
             kept = topk_with_tail(logp, distributions) if distributions is not None else None
             for r, (row, token) in enumerate(zip(active.tolist(), chosen.tolist(), strict=True)):
                 tokens[row].append(token)

@@ -1,11 +1,13 @@
-"""Report: ``metrics.json``, ``run.json``, plots and ``report.md`` for one run directory.
+"""Report: ``metrics.json``, ``run.json``, plots, ``report.md`` and ``report.html`` for one run directory.
 
 ``metrics.json`` holds ``{behaviour: {"base": {...}, "teacher": {...}, "student": {...}}}`` (one
 behaviour, named ``main`` unless the config names it, or several); ``run.json`` the timings and
 counts; ``answers.jsonl`` every held-out input with each condition's final answer; ``metrics.png``
 a bar plot of the three conditions (per behaviour when there are several); ``loss.png`` the loss
 curve; ``report.md`` the tables, both plots, the forgetting check, the chain of runs and
-side-by-side generations.
+side-by-side generations; ``report.html`` the same as one self-contained page (``html_report``). The facts
+both reports state are computed once (``collect``) and rendered twice (``markdown`` here, ``page`` in
+``html_report``, which also rebuilds report.html from a run directory's files: ``render_html``).
 
     write_report(out_dir, {"main": {"base": r0, "teacher": r1, "student": r2}}, behaviours, history, info, cfg)
 """
@@ -13,16 +15,23 @@ side-by-side generations.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .behaviours import Behaviour
 from .config import CONDITIONS, Config, PromptConfig
-from .data import Record, write_jsonl
+from .data import write_jsonl
 from .evaluation import ConditionResult
 
 COLORS = {"base": "#9e9e9e", "teacher": "#1f77b4", "student": "#ff7f0e"}
 LABELS = {"score": "score (user scorer)", "agreement": "agreement with teacher", "kl": "KL(teacher || model)"}
+CONDITIONS_NOTE = "base and student answer without the context; the teacher has it."
+
+
+def number(value: float) -> str:
+    """A metric as both reports print it."""
+    return f"{value:.3f}"
 
 
 def _plot_metrics(metrics: dict[str, dict[str, float]], path: Path) -> None:
@@ -68,11 +77,6 @@ def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _cell(text: str, limit: int = 160) -> str:
-    text = text.replace("\n", " ").replace("|", "\\|")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def _plot_behaviours(metrics: dict[str, dict[str, dict[str, float]]], path: Path) -> None:
     """Score (or agreement) per behaviour: base, teacher and student side by side."""
     import matplotlib
@@ -98,32 +102,54 @@ def _plot_behaviours(metrics: dict[str, dict[str, dict[str, float]]], path: Path
     plt.close(fig)
 
 
-def _context_lines(prompt: PromptConfig) -> list[str]:
-    text = prompt.context.strip() or ("(demonstrations only)" if prompt.demonstrations else "(none)")
+def _cell(text: str, limit: int = 160) -> str:
+    text = text.replace("\n", " ").replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class BehaviourFacts:
+    """One behaviour's part of the report: its prompt, its metrics and its first answers."""
+
+    name: str
+    context: str  # the context text, "(demonstrations only)" or "(none)"
+    prompt_note: str  # how the prompt is given: demonstrations, contexts, position (inline `code` marks)
+    demonstrations: list[dict[str, str]]
+    keys: list[str]  # the metrics shown, in order (score, agreement, kl)
+    metrics: dict[str, dict[str, float]]  # {condition: {key: value}}
+    held_out: int
+    examples: list[dict[str, str]]  # the first eval.num_examples rows of answers.jsonl: input, base, teacher, student
+
+
+@dataclass
+class ReportFacts:
+    """Everything report.md and report.html say, computed once (``collect``) and rendered twice.
+
+    Sentences mark names and paths with `backticks`: markdown keeps them, HTML turns them into <code>."""
+
+    model: str
+    finetune: str
+    train_answers: int
+    held_out: int
+    summary: str
+    notices: list[str]  # said right under the summary (the model's own code was run)
+    chain: list[str]  # the runs this one descends from, newest first; empty for a run from a plain model
+    behaviours: list[BehaviourFacts]
+    plots: list[str]  # the PNG files of the run directory to show: metrics.png, then loss.png when there is one
+    loss: str | None  # "Loss a -> b over n steps." when the history is known
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (title, sentence): synthesis, forgetting, drops, cache
+    timings: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None
+    total_s: float | None = None
+
+
+def _prompt_note(prompt: PromptConfig) -> str:
     turns = f"{len(prompt.demonstrations)} demonstration" + (
         "(s) as text in the context" if prompt.demonstration_template else " turn(s)")
     if len(prompt.split()) > 1:
         how = "averaged token by token" if prompt.combine == "average" else "input i taught by context i mod n"
         turns += f" in {len(prompt.split())} contexts of up to {prompt.demonstrations_per_context} ({how})"
-    return ["Context:", "", *[f"> {line}" for line in text.splitlines()], "", f"{turns}, position `{prompt.position}`.", ""]
-
-
-def _table(metrics: dict[str, dict[str, float]]) -> list[str]:
-    keys = [k for k in ("score", "agreement", "kl") if k in metrics["base"]]
-    lines = ["| condition | " + " | ".join(LABELS[k] for k in keys) + " |", "|---|" + "---:|" * len(keys)]
-    lines += [f"| {c} | " + " | ".join(f"{metrics[c][k]:.3f}" for k in keys) + " |" for c in CONDITIONS]
-    return lines + [""]
-
-
-def _side_by_side(results: dict[str, ConditionResult], held_out: list[Record], n: int) -> list[str]:
-    n = min(n, len(held_out))
-    if not n:
-        return []
-    lines = ["| input | base | teacher | student |", "|---|---|---|---|"]
-    for i in range(n):
-        cells = [_cell(held_out[i]["input"])] + [_cell(results[c].outputs[i]) for c in CONDITIONS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines + [""]
+    return f"{turns}, position `{prompt.position}`."
 
 
 def _chain(origin: dict[str, Any] | None) -> list[str]:
@@ -132,78 +158,136 @@ def _chain(origin: dict[str, Any] | None) -> list[str]:
     while origin:
         run = origin.get("run")
         if not run:
-            lines.append(f"- started from `{origin['model']}`")
+            lines.append(f"started from `{origin['model']}`")
             break
         added = "; ".join(f"'{a}'" for a in run["added"])
-        lines.append(f"- `{run['dir']}` added {added}")
+        lines.append(f"`{run['dir']}` added {added}")
         origin = run.get("started_from")
-    return ["## Chain", "", "This run started from the artifact of an earlier run:", "", *lines, ""] if len(lines) > 1 \
-        else []
+    return lines if len(lines) > 1 else []
 
 
-def _write_answers(path: Path, results: dict[str, dict[str, ConditionResult]], behaviours: list[Behaviour]) -> None:
-    """Every held-out input with the final answer of each condition, one JSON object per line."""
-    write_jsonl(path, [{**({"behaviour": b.name} if len(behaviours) > 1 else {}), "input": record["input"],
-                        **{c: results[b.name][c].outputs[i] for c in CONDITIONS}}
-                       for b in behaviours for i, record in enumerate(b.held_out)])
+def _counts(counts: dict[str, int] | int) -> str:
+    if isinstance(counts, dict):
+        return ", ".join(f"{why} {n}" for why, n in counts.items())
+    return str(counts)
+
+
+def _notes(info: dict[str, Any]) -> list[tuple[str, str]]:
+    notes = []
+    if info.get("synthesis"):
+        syn = info["synthesis"]
+        notes.append(("Inputs written by the model", f"Training inputs written by the model: kept {syn['kept']} of "
+                      f"{syn['generated']} generated (dropped {syn['dropped']}), distinct 2-grams "
+                      f"{syn['distinct_2grams']:.3f}."))
+    if info.get("forgetting"):
+        f = info["forgetting"]
+        notes.append(("Forgetting check", f"Forgetting check on {f['n']} neutral prompts (`eval.neutral_file`): the "
+                      f"student's greedy answers equal the original model's on {f['agreement_with_original']:.0%} of "
+                      f"them (100% before distillation); mean per-token KL(original || student) on the original's "
+                      f"answers {f['kl_original_student']:.4f} (0 before)."))
+    if info.get("dropped"):
+        notes.append(("Dropped teacher samples", f"Teacher samples dropped: {_counts(info['dropped'])}."))
+    if info.get("too_long"):
+        notes.append(("Inputs too long", "Inputs dropped because they do not fit the model's window with their "
+                      f"context (`data.too_long`): {_counts(info['too_long'])}."))
+    if info.get("teacher_cache", {}).get("hit"):
+        notes.append(("Teacher cache", f"The teacher's answers and distributions were reused from the cache in "
+                      f"`{info['teacher_cache']['dir']}` (same weights, context, inputs and teacher settings)."))
+    return notes
+
+
+def collect(cfg: Config, metrics: dict[str, dict[str, dict[str, float]]], answers: list[dict[str, str]],
+            info: dict[str, Any], history: list[dict[str, float]] | None, plots: list[str]) -> ReportFacts:
+    """The facts of a report, from what a run directory holds: the config, metrics.json, answers.jsonl (rows with
+    ``behaviour`` when there are several), run.json, the loss history (None when unknown) and the plots' file names."""
+    prompts = {b.name: b.prompt for b in cfg.behaviours}
+    behaviours = []
+    for name, m in metrics.items():
+        rows = [a for a in answers if a.get("behaviour", name) == name]
+        prompt = prompts.get(name)
+        if prompt is None:
+            context, note, demonstrations = "(not in config.yaml)", "", []
+        else:
+            context = prompt.context.strip() or ("(demonstrations only)" if prompt.demonstrations else "(none)")
+            note, demonstrations = _prompt_note(prompt), [dict(d) for d in prompt.demonstrations]
+        behaviours.append(BehaviourFacts(
+            name=name, context=context, prompt_note=note, demonstrations=demonstrations,
+            keys=[k for k in ("score", "agreement", "kl") if k in m["base"]], metrics=m,
+            held_out=len(rows) if rows else int(m["base"].get("n", 0)), examples=rows[: cfg.eval.num_examples]))
+    held_out = sum(b.held_out for b in behaviours)
+    train_answers = info.get("train_answers", 0)
+    loss = None
+    if history:
+        loss = f"Loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} over {len(history)} steps."
+    return ReportFacts(
+        model=cfg.model.name, finetune=cfg.model.finetune, train_answers=train_answers, held_out=held_out,
+        summary=f"Model `{cfg.model.name}` ({cfg.model.finetune}), {train_answers} teacher answers for training, "
+                f"{held_out} held-out inputs.",
+        notices=["The model's own modelling code was run (`model.trust_remote_code: true`)."]
+        if cfg.model.trust_remote_code else [],
+        chain=_chain(info.get("started_from")), behaviours=behaviours, plots=plots, loss=loss, notes=_notes(info),
+        timings=dict(info.get("timings") or {}), steps=info.get("steps"), total_s=info.get("total_s"))
+
+
+def markdown(facts: ReportFacts) -> str:
+    """report.md."""
+    several = len(facts.behaviours) > 1
+    lines = ["# internalize report", "", facts.summary, ""]
+    for notice in facts.notices:
+        lines += [notice, ""]
+    if facts.chain:
+        lines += ["## Chain", "", "This run started from the artifact of an earlier run:", "",
+                  *[f"- {item}" for item in facts.chain], ""]
+    for b in facts.behaviours:
+        if several:
+            lines += [f"## Behaviour `{b.name}`", ""]
+        lines += ["Context:", "", *[f"> {line}" for line in b.context.splitlines()], "", b.prompt_note, ""]
+        lines += ["| condition | " + " | ".join(LABELS[k] for k in b.keys) + " |", "|---|" + "---:|" * len(b.keys)]
+        lines += [f"| {c} | " + " | ".join(number(b.metrics[c][k]) for k in b.keys) + " |" for c in CONDITIONS]
+        lines += [""]
+    lines += [CONDITIONS_NOTE, ""]
+    for plot in facts.plots:
+        lines += [f"![{Path(plot).stem}]({plot})", ""]
+        if plot == "loss.png" and facts.loss:
+            lines += [facts.loss, ""]
+    lines += [sentence for _, note in facts.notes for sentence in (note, "")]
+    if facts.timings:
+        lines += ["Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in facts.timings.items()) + ".", ""]
+    for b in facts.behaviours:
+        if b.examples:
+            lines += ["## Side by side" + (f": `{b.name}`" if several else ""), "",
+                      "| input | base | teacher | student |", "|---|---|---|---|"]
+            lines += ["| " + " | ".join(_cell(row[k]) for k in ("input", *CONDITIONS)) + " |" for row in b.examples]
+            lines += [""]
+    return "\n".join(lines)
+
+
+def _answer_rows(results: dict[str, dict[str, ConditionResult]], behaviours: list[Behaviour]) -> list[dict[str, str]]:
+    """Every held-out input with the final answer of each condition (the lines of answers.jsonl)."""
+    return [{**({"behaviour": b.name} if len(behaviours) > 1 else {}), "input": record["input"],
+             **{c: results[b.name][c].outputs[i] for c in CONDITIONS}}
+            for b in behaviours for i, record in enumerate(b.held_out)]
 
 
 def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], behaviours: list[Behaviour],
                  history: list[dict[str, float]], info: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    """Write metrics.json, run.json, answers.jsonl, metrics.png, loss.png and report.md into ``out``.
+    """Write metrics.json, run.json, answers.jsonl, metrics.png, loss.png, report.md and report.html into ``out``.
 
     ``results`` is ``{behaviour: {condition: result}}``; returns the metrics as written to metrics.json."""
     metrics = {name: {c: r[c].metrics for c in CONDITIONS} for name, r in results.items()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-    _write_answers(out / "answers.jsonl", results, behaviours)
+    answers = _answer_rows(results, behaviours)
+    write_jsonl(out / "answers.jsonl", answers)
     if len(metrics) == 1:
         _plot_metrics(next(iter(metrics.values())), out / "metrics.png")
     else:
         _plot_behaviours(metrics, out / "metrics.png")
     if history:
         _plot_loss(history, out / "loss.png")
-    lines = [
-        "# internalize report",
-        "",
-        f"Model `{cfg.model.name}` ({cfg.model.finetune}), {info.get('train_answers', 0)} teacher answers for training, "
-        f"{sum(len(b.held_out) for b in behaviours)} held-out inputs.",
-        "",
-    ]
-    if cfg.model.trust_remote_code:
-        lines += ["The model's own modelling code was run (`model.trust_remote_code: true`).", ""]
-    lines += _chain(info.get("started_from"))
-    for b in behaviours:
-        if len(behaviours) > 1:
-            lines += [f"## Behaviour `{b.name}`", ""]
-        lines += [*_context_lines(b.prompt), *_table(metrics[b.name])]
-    lines += ["base and student answer without the context; the teacher has it.", "", "![metrics](metrics.png)", ""]
-    if history:
-        lines += ["![loss](loss.png)", "", f"Loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f} "
-                  f"over {len(history)} steps.", ""]
-    if info.get("synthesis"):
-        syn = info["synthesis"]
-        lines += [f"Training inputs written by the model: kept {syn['kept']} of {syn['generated']} generated "
-                  f"(dropped {syn['dropped']}), distinct 2-grams {syn['distinct_2grams']:.3f}.", ""]
-    if info.get("forgetting"):
-        f = info["forgetting"]
-        lines += [f"Forgetting check on {f['n']} neutral prompts (`eval.neutral_file`): the student's greedy answers "
-                  f"equal the original model's on {f['agreement_with_original']:.0%} of them (100% before "
-                  f"distillation); mean per-token KL(original || student) on the original's answers "
-                  f"{f['kl_original_student']:.4f} (0 before).", ""]
-    if info.get("dropped"):
-        lines += [f"Teacher samples dropped: {info['dropped']}.", ""]
-    if info.get("too_long"):
-        lines += [f"Inputs dropped because they do not fit the model's window with their context (`data.too_long`): "
-                  f"{info['too_long']}.", ""]
-    if info.get("teacher_cache", {}).get("hit"):
-        lines += [f"The teacher's answers and distributions were reused from the cache in "
-                  f"`{info['teacher_cache']['dir']}` (same weights, context, inputs and teacher settings).", ""]
-    if info.get("timings"):
-        lines += ["Wall time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in info["timings"].items()) + ".", ""]
-    for b in behaviours:
-        side = _side_by_side(results[b.name], b.held_out, cfg.eval.num_examples)
-        if side:
-            lines += ["## Side by side" + (f": `{b.name}`" if len(behaviours) > 1 else ""), "", *side]
-    (out / "report.md").write_text("\n".join(lines))
+    facts = collect(cfg, metrics, answers, info, history, ["metrics.png", *(["loss.png"] * bool(history))])
+    (out / "report.md").write_text(markdown(facts))
+    from .html_report import page  # html_report renders this module's facts: imported here, not at the top
+
+    (out / "report.html").write_text(page(facts, out), encoding="utf-8")
     return metrics

@@ -3,12 +3,13 @@
 ``Run`` owns ``output.dir``: it refuses to clobber an earlier run unless ``output.overwrite`` is set,
 saves the resolved config first, times each stage, writes training checkpoints
 (``OUT/checkpoints``, ``train.save_every``), and decides what a failure leaves behind. A run that
-fails before it has saved a checkpoint or its student leaves none of its files (a rerun is not
+fails before it has saved a checkpoint or its student leaves none of its files but its tracker logs (a rerun is not
 blocked); one that fails after keeps them and records the failure in ``run.json``: trained weights
 are never deleted. With ``output.resume`` (``--resume``) an unfinished run continues from its last
 complete checkpoint, provided the config is the one it was started with. The artifact carries its
 own provenance (``model/internalize.json``: the config, each behaviour's prompt, the chain of runs
-it came from, and the metrics), so a model copied elsewhere still says what it is.
+it came from, the metrics and the command) and a Hugging Face model card built from it
+(``model/README.md``, ``card``), so a model copied elsewhere still says what it is.
 
     run = Run(cfg)                        # checks the directory (and a resumed run's config); writes nothing
     with run.open():                      # clears an earlier run (overwrite), saves config.yaml
@@ -22,7 +23,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ import yaml
 from transformers import PreTrainedModel
 
 from . import checkpoint
+from .card import model_card
 from .config import Config, InternalizeError, load_config, save_config
 from .data import write_atomic
 from .training import TrainState
@@ -41,9 +45,10 @@ log = logging.getLogger(__name__)
 
 # synthesized.jsonl is not among them: it may be the input of a later run (data.train_file), so it is
 # never cleared, only replaced atomically when inputs are synthesized again.
-RUN_FILES = ("config.yaml", "metrics.json", "run.json", "answers.jsonl", "report.md", "metrics.png", "loss.png", "model",
-             "checkpoints")
+RUN_FILES = ("config.yaml", "metrics.json", "run.json", "answers.jsonl", "report.md", "report.html", "metrics.png",
+             "loss.png", "model", "checkpoints", "logs")
 PROVENANCE = "internalize.json"  # inside model/
+CARD = "README.md"  # inside model/: the Hugging Face model card
 
 
 class Run:
@@ -57,7 +62,7 @@ class Run:
         self.resumed_from: dict[str, Any] | None = None
         if self.dir.exists() and not self.dir.is_dir():
             raise InternalizeError(f"output.dir='{self.dir}' is a file; choose a directory")
-        existing = [name for name in RUN_FILES if (self.dir / name).exists()]
+        existing = [name for name in RUN_FILES if name != "logs" and (self.dir / name).exists()]  # logs alone: no run
         if cfg.output.resume:
             self._check_resumable()
         elif existing and not cfg.output.overwrite:
@@ -75,7 +80,8 @@ class Run:
                                    "resume")
         started = _flat(dataclasses.asdict(load_config(self.dir / "config.yaml")))
         now = _flat(dataclasses.asdict(self.cfg))
-        free = ("output.overwrite", "output.resume", "model.device", "teacher.cache_dir")  # change nothing learned
+        free = ("output.overwrite", "output.resume", "output.card_context", "model.device", "teacher.cache_dir",
+                "train.report_to")  # change nothing learned
         for key in sorted(set(started) | set(now)):
             if key not in free and started.get(key) != now.get(key):
                 raise InternalizeError(f"output.dir='{self.dir}' was started with {key}={started.get(key)!r}, not "
@@ -104,7 +110,7 @@ class Run:
     def open(self) -> Iterator[Run]:
         """Clear an earlier run's files (all but the config and checkpoints of a run to resume), save the resolved
         config; on failure, keep only what is worth keeping."""
-        self._clear(keep=("config.yaml", "checkpoints") if self.cfg.output.resume else ())
+        self._clear(keep=("config.yaml", "checkpoints", "logs") if self.cfg.output.resume else ())
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.dir / "config.yaml")
@@ -115,7 +121,7 @@ class Run:
             yield self
         except BaseException as e:
             if not (self.model_saved or checkpoint.latest(self.checkpoint_dir)):
-                self._clear()
+                self._clear(keep=("logs",))  # what the trackers saw before the failure; the next run clears it
                 raise
             stage = next(reversed(self.timings), "start")
             failure = {"status": "failed", "after_stage": stage, "error": f"{type(e).__name__}: {e}",
@@ -175,12 +181,25 @@ def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def write_provenance(model_dir: Path, provenance: dict[str, Any]) -> None:
+    """``internalize.json`` and the model card (``README.md``) beside the model."""
     write_atomic(model_dir / PROVENANCE, json.dumps(provenance, indent=2, default=str) + "\n")
+    write_atomic(model_dir / CARD, model_card(provenance, adapter=(model_dir / "adapter_config.json").is_file()))
 
 
-def provenance(cfg: Config, origin: dict[str, Any], metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What an artifact is: the config that made it, what each behaviour added, its origin chain, its metrics."""
-    return {"config": dataclasses.asdict(cfg), "added": added(cfg), "origin": origin, "metrics": metrics}
+def provenance(cfg: Config, origin: dict[str, Any], metrics: dict[str, Any] | None = None,
+               forgetting: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What an artifact is: the config that made it, what each behaviour added, its origin chain, its metrics, the
+    forgetting check, and the command that ran it."""
+    return {"config": dataclasses.asdict(cfg), "added": added(cfg), "origin": origin, "metrics": metrics,
+            "forgetting": forgetting, "command": command_line()}
+
+
+def command_line() -> str:
+    """This process's command when it is the ``internalize`` CLI (its argv, shell-quoted), else "Python API"."""
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if program.stem == "internalize" or (program.stem in ("cli", "__main__") and program.parent.name == "internalize"):
+        return shlex.join(["internalize", *sys.argv[1:]])
+    return "Python API"
 
 
 def added(cfg: Config) -> list[str]:

@@ -11,7 +11,8 @@ shares (chat header, default system prompt) runs once per micro-batch, with grad
 Everything a resumed run needs is in the ``TrainState`` passed in and returned: the step, the loss
 history, and the optimizer's, scheduler's, source's and random number generator's states; every
 ``train.save_every`` steps (and at the last) ``on_checkpoint`` receives it (``checkpoint.save``
-writes it). A step whose loss or gradient is NaN or infinite is skipped (no update), logged with
+writes it), and ``on_step`` receives each step's history record as it is made (the experiment
+trackers). A step whose loss or gradient is NaN or infinite is skipped (no update), logged with
 its inputs, and after ``train.max_bad_steps`` of them the run stops with a one-line error.
 
     state = fit(student, OfflineBatches(targets, pad_id, 8, 16), cfg.train, runtime)
@@ -71,11 +72,13 @@ def num_steps(num_examples: int, cfg: TrainConfig) -> int:
 
 def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime: Runtime,
         state: TrainState | None = None, stop_at: int | None = None,
-        on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
+        on_checkpoint: Callable[[TrainState], None] | None = None,
+        on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
     """Train ``model`` in place from ``state`` (default: a fresh start) to the last step, or to ``stop_at``.
 
     Returns the state after the last step taken; passing it back (with the same model) continues the run.
-    ``on_checkpoint`` is called with the state every ``cfg.save_every`` steps and at the last step."""
+    ``on_checkpoint`` is called with the state every ``cfg.save_every`` steps and at the last step; ``on_step``
+    with each step's history record as it is made (the experiment trackers)."""
     # setup
     state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -146,6 +149,8 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
             record["skipped"] = True
         state.history.append(record)
         state.step = step + 1
+        if on_step is not None:
+            on_step(record)
         if on_checkpoint is not None and cfg.save_every and (state.step % cfg.save_every == 0 or state.step == total):
             on_checkpoint(snapshot())
         bar.set_postfix(loss=f"{record['loss']:.4f}")
