@@ -160,6 +160,15 @@ def tiny_config_dict(model_dir: Path, out_dir: Path) -> dict:
     }
 
 
+def error_line(capsys) -> str:
+    """The CLI's one line on stderr for a bad input (asserted to be one line, with the usual prefix)."""
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("internalize: error: ")
+    return lines[0]
+
+
 def write_yaml(path: Path, data: dict) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config_dict, write_yaml
+from conftest import error_line, tiny_config_dict, write_yaml
 
 from internalize.cli import main
 
@@ -19,14 +19,6 @@ SCRIPT = Path(sys.executable).with_name("internalize")
 def _snapshot(directory: Path):
     return {p.relative_to(directory): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
             for p in sorted(directory.rglob("*"))}
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("internalize: error: ")
-    return lines[0]
 
 
 # --- help ----------------------------------------------------------------------------------------------
@@ -104,7 +96,7 @@ def test_overrides_after_options_as_documented(tmp_path, capsys, argv):
     missing = str(tmp_path / "missing.yaml")
     # the config does not exist: a correctly parsed command line ends in the one-line config error
     assert main([a.format(cfg=missing) for a in argv]) == 2
-    assert "config file not found" in _error_line(capsys)
+    assert "config file not found" in error_line(capsys)
 
 
 # --- bad inputs: exit 2, one line on stderr naming the problem, nothing written --------------------------
@@ -183,7 +175,7 @@ def test_bad_config_contents(tiny_model_dir, tmp_path, capsys, case, command):
     path = _bad_config(tiny_model_dir, tmp_path, edit)
     argv = [command, str(path)] + (["--student", str(tiny_model_dir)] if command == "eval" else [])
     assert main(argv) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     for text in expected:
         assert text in line
     assert not (tmp_path / "run").exists()
@@ -191,7 +183,7 @@ def test_bad_config_contents(tiny_model_dir, tmp_path, capsys, case, command):
 
 def test_missing_config_file(tmp_path, capsys):
     assert main(["distill", str(tmp_path / "nope.yaml")]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{tmp_path / 'nope.yaml'}: config file not found" in line
 
 
@@ -199,7 +191,7 @@ def test_malformed_yaml(tmp_path, capsys):
     path = tmp_path / "broken.yaml"
     path.write_text("teacher:\n  context: hi\noutput:\n  dir: [unclosed\n")
     assert main(["distill", str(path), f"output.dir={tmp_path / 'run'}"]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{path}: malformed YAML at line" in line
     assert not (tmp_path / "run").exists()
 
@@ -219,7 +211,7 @@ def test_malformed_yaml(tmp_path, capsys):
 )
 def test_bad_override(tiny_config_path, tmp_path, capsys, override, expected):
     assert main(["distill", str(tiny_config_path), override]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert expected in line
     if "=" in override:
         assert str(tiny_config_path) in line  # names the file the overrides were applied to
@@ -228,7 +220,7 @@ def test_bad_override(tiny_config_path, tmp_path, capsys, override, expected):
 
 def test_adapter_artifact_with_full_fine_tuning(tiny_config_path, tmp_path, capsys):
     assert main(["distill", str(tiny_config_path), "model.finetune=full", "output.save=adapter"]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{tiny_config_path}: output.save='adapter' is invalid with model.finetune='full'" in line
     assert not (tmp_path / "run").exists()
 
@@ -239,7 +231,7 @@ def test_bad_key_in_yaml_file(tiny_model_dir, tmp_path, capsys):
 
     path = _bad_config(tiny_model_dir, tmp_path, edit)
     assert main(["distill", str(path)]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"{path}: unknown config key 'train.lr_rate'" in line
     assert not (tmp_path / "run").exists()
 
@@ -250,7 +242,7 @@ def test_out_of_range_value_in_yaml_file(tiny_model_dir, tmp_path, capsys):
 
     path = _bad_config(tiny_model_dir, tmp_path, edit)
     assert main(["distill", str(path)]) == 2
-    assert f"{path}: train.lr=-1" in _error_line(capsys)
+    assert f"{path}: train.lr=-1" in error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
@@ -261,7 +253,7 @@ def test_existing_run_without_overwrite(tiny_config_path, tmp_path, capsys):
     (run / "report.md").write_text("old report\n")
     before = _snapshot(run)
     assert main(["distill", str(tiny_config_path)]) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"output.dir='{run}' already holds a run (metrics.json, report.md)" in line
     assert "--overwrite" in line
     assert _snapshot(run) == before
@@ -269,13 +261,13 @@ def test_existing_run_without_overwrite(tiny_config_path, tmp_path, capsys):
 
 def test_eval_missing_student(tiny_config_path, tmp_path, capsys):
     assert main(["eval", str(tiny_config_path), "--student", str(tmp_path / "nothing")]) == 2
-    assert "no such directory" in _error_line(capsys)
+    assert "no such directory" in error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
 def test_yaml_invalid_override_value_is_one_line(tiny_config_path, tmp_path, capsys):
     assert main(["distill", str(tiny_config_path), "eval.scorer_regex=[0-9]+", "train.lr=-1"]) == 2
-    _error_line(capsys)
+    error_line(capsys)
 
 
 def test_error_from_a_real_process_is_one_line(tiny_model_dir, tmp_path):

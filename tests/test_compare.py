@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_config_dict
+from conftest import error_line, tiny_config_dict
 
 from internalize import distill
 from internalize.cli import main
@@ -124,14 +124,6 @@ def test_json_output_and_no_plot(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "x" / "y.png").read_bytes().startswith(PNG)
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("internalize: error: ")
-    return lines[0]
-
-
 def _failed(d):
     d.mkdir()
     (d / "run.json").write_text(json.dumps({"status": "failed", "after_stage": "train", "error": "OSError: full"}))
@@ -170,7 +162,7 @@ def test_a_bad_run_is_one_line_exit_2(tmp_path, capsys, monkeypatch, make, name,
     monkeypatch.chdir(tmp_path)
     target = f"{name}.json" if make is _not_a_record else name
     assert main(["-q", "compare", str(good), target]) == 2
-    assert expected in _error_line(capsys)
+    assert expected in error_line(capsys)
     assert not (tmp_path / "compare.png").exists()  # nothing is written before every run is read
     with pytest.raises(InternalizeError):
         load_runs([target])

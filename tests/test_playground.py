@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_ANSWER, TINY_INPUTS, tiny_config_dict, write_yaml
+from conftest import TINY_ANSWER, TINY_INPUTS, error_line, tiny_config_dict, write_yaml
 
 import internalize.playground as playground
 from internalize.cli import main
@@ -155,14 +155,6 @@ def test_prompt_from_a_config_or_a_run_directory(tiny_model_dir, tmp_path):
 # --- the command line ------------------------------------------------------------------------------------------
 
 
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("internalize: error: ")
-    return lines[0]
-
-
 def test_cli_one_prompt_prints_the_answer(noisy_model_dir, capsys):
     assert main(["-q", "generate", str(noisy_model_dir), "Name a colour.", "--max-new-tokens", "12",
                  "--device", "cpu"]) == 0
@@ -233,7 +225,7 @@ def test_cli_json_and_file(tiny_model_dir, tmp_path, capsys):
 def test_cli_errors_are_one_line_exit_2(tiny_model_dir, tmp_path, capsys, argv, expected):
     fill = dict(model=tiny_model_dir, missing=tmp_path / "no-model", tmp=tmp_path)
     assert main([a.format(**fill) for a in argv] + ["--device", "cpu"]) == 2
-    assert expected.format(**fill) in _error_line(capsys)
+    assert expected.format(**fill) in error_line(capsys)
 
 
 def test_cli_unknown_option_is_a_usage_error(tiny_model_dir):
