@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import tiny_config_dict, write_yaml
 
-from internalize import distill, pipeline
+from internalize import distill, pipeline, tracking
 from internalize.config import InternalizeError, config_from_dict, load_config
 
 pytest.importorskip("tensorboard")
@@ -31,7 +31,7 @@ def test_tensorboard_gets_every_steps_loss_and_the_metrics(tiny_model_dir, tmp_p
     raw = tiny_config_dict(tiny_model_dir, out)
     raw["train"]["report_to"] = ["tensorboard"]
     metrics = distill(config_from_dict(raw))
-    logdir = out / "logs" / pipeline.TRACKER_PROJECT
+    logdir = out / "logs" / tracking.TRACKER_PROJECT
     assert list(logdir.glob("events.out.tfevents.*"))
     scalars = _scalars(logdir)
     history = states[0].history
@@ -62,7 +62,7 @@ def test_the_trackers_are_closed_when_the_run_fails(tiny_model_dir, tmp_path, mo
     with pytest.raises(RuntimeError, match="the training broke"):
         distill(config_from_dict(raw))
     assert len(closed) == 1
-    assert _scalars(tmp_path / "run" / "logs" / pipeline.TRACKER_PROJECT)["train/loss"] == [(1, 2.5)]
+    assert _scalars(tmp_path / "run" / "logs" / tracking.TRACKER_PROJECT)["train/loss"] == [(1, 2.5)]
 
 
 def test_an_unknown_tracker_is_refused_at_load(tiny_model_dir, tmp_path):
@@ -77,10 +77,10 @@ def test_an_unknown_tracker_is_refused_at_load(tiny_model_dir, tmp_path):
 
 
 def test_no_trackers_import_nothing_of_tensorboard(tmp_path):
-    code = ("import sys; from pathlib import Path; from internalize import pipeline; "
+    code = ("import sys; from pathlib import Path; from internalize import tracking; "
             "from internalize.config import config_from_dict; from internalize.runtime import Runtime; "
             "cfg = config_from_dict({'teacher': {'context': 'x'}})\n"
-            "with pipeline._trackers(cfg, Path('unused'), Runtime.local('cpu')) as track: track({'a': 1.0}, 1)\n"
+            "with tracking.trackers(cfg, Path('unused'), Runtime.local('cpu')) as track: track({'a': 1.0}, 1)\n"
             "assert not Path('unused').exists()\n"
             "assert not [m for m in sys.modules if 'tensorboard' in m], sorted(m for m in sys.modules if 'tensorboard' in m)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

@@ -15,10 +15,7 @@ API call these same functions:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +34,10 @@ from .sources import OfflineBatches
 from .synthesis import check_synthesis, synthesize
 from .targets import Reference, Targets
 from .teacher import answer, cache_dir, given_answers
+from .tracking import eval_values, step_values, trackers
 from .training import fit
 
 log = logging.getLogger(__name__)
-
-TRACKER_PROJECT = "internalize"  # the project (run) name the trackers get; TensorBoard writes to OUT/logs/internalize
-
 
 def _neutral(cfg: Config) -> list[Record]:
     """The forgetting check's prompts: the packaged set, a user file, or none."""
@@ -86,63 +81,6 @@ def _window(model: PreTrainedModel) -> int | None:
     return getattr(model.config, "max_position_embeddings", None)
 
 
-@contextmanager
-def _trackers(cfg: Config, logging_dir: Path, runtime: Runtime) -> Iterator[Callable[[dict[str, float], int], None]]:
-    """Accelerate's experiment trackers named by ``train.report_to``, started with the config and closed at the end or
-    on failure; yields ``log(values, step)`` (a no-op when there are none: nothing is imported)."""
-    trackers: list[Any] = []
-
-    def log_to_all(values: dict[str, float], step: int) -> None:
-        for tracker in trackers:
-            tracker.log(values, step=step)
-
-    if not cfg.train.report_to or not runtime.is_main:
-        yield log_to_all
-        return
-    from accelerate import PartialState
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, filter_trackers
-
-    PartialState()  # Accelerate's trackers log through its process state (one process here)
-    try:
-        for kind in filter_trackers(cfg.train.report_to, logging_dir):
-            tracker_class = LOGGER_TYPE_TO_CLASS[str(kind)]
-            args = (TRACKER_PROJECT, logging_dir) if tracker_class.requires_logging_directory else (TRACKER_PROJECT,)
-            trackers.append(tracker_class(*args))
-            trackers[-1].start()
-            trackers[-1].store_init_configuration(_hyperparameters(cfg))
-        log.info("reporting to %s (%s)", ", ".join(t.name for t in trackers), logging_dir)
-        yield log_to_all
-    finally:
-        for tracker in trackers:
-            try:
-                tracker.finish()
-            except Exception as e:  # a tracker that cannot close must not hide the run's own outcome
-                log.warning("could not close the %s tracker: %s", tracker.name, e)
-
-
-def _hyperparameters(cfg: Config) -> dict[str, Any]:
-    """The config as flat scalars for the trackers (nested values as JSON); behaviours by name only (no prompts)."""
-    flat: dict[str, Any] = {"behaviours": ", ".join(b.name for b in cfg.behaviours)}
-    for section in ("model", "data", "teacher", "train", "eval", "output"):
-        for key, value in dataclasses.asdict(getattr(cfg, section)).items():
-            plain = value is None or isinstance(value, (bool, int, float, str))
-            flat[f"{section}.{key}"] = value if plain else json.dumps(value, default=str)
-    return flat
-
-
-def _step_values(record: dict[str, Any]) -> dict[str, float]:
-    return {f"train/{key}": record[key] for key in ("loss", "lr", "padding")}
-
-
-def _eval_values(metrics: dict[str, Any], forgetting: dict[str, Any] | None) -> dict[str, float]:
-    """``eval/BEHAVIOUR/CONDITION/METRIC`` for every metric, and ``eval/forgetting/...`` when the check ran."""
-    values = {f"eval/{name}/{condition}/{key}": value for name, conditions in metrics.items()
-              for condition, m in conditions.items() for key, value in m.items() if key != "n"}
-    if forgetting:
-        values |= {f"eval/forgetting/{key}": forgetting[key] for key in ("agreement_with_original", "kl_original_student")}
-    return values
-
-
 def _synthesis_path(cfg: Config) -> Path:
     return Path(cfg.data.synthesize.output or Path(cfg.output.dir) / "synthesized.jsonl")
 
@@ -162,7 +100,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         base_dir = model.name_or_path
         started_from = origin(cfg.model.name, base_dir)
         too_long = fit_window(behaviours, tokenizer, _window(model), cfg)
-    with run.open(), _trackers(cfg, run.dir / "logs", runtime) as track:
+    with run.open(), trackers(cfg, run.dir / "logs", runtime) as track:
         info: dict[str, Any] = {}
         if synthesizing:
             with run.stage("synthesize"):
@@ -187,7 +125,7 @@ def distill(cfg: Config) -> dict[str, Any]:
             batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
                                      cfg.train.seed)
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
-                        on_step=lambda record: track(_step_values(record), record["step"]))
+                        on_step=lambda record: track(step_values(record), record["step"]))
         with run.stage("save"):
             model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir)
             run.saved(provenance(cfg, started_from))
@@ -213,7 +151,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         }
         metrics = write_report(run.dir, results, behaviours, state.history, info, cfg)
         write_provenance(run.model_dir, provenance(cfg, started_from, metrics, info.get("forgetting")))
-        track(_eval_values(metrics, info.get("forgetting")), state.step)
+        track(eval_values(metrics, info.get("forgetting")), state.step)
         log.info("wrote %s: %s", run.dir / "report.md", summary(metrics))
     return metrics
 
