@@ -142,3 +142,17 @@ def test_pad_stack():
     assert (out[1, :4] == 2).all() and (out[1, 4:] == 0).all()
     ids = pad_stack([torch.tensor([[3, 4]]), torch.tensor([[5, 6], [7, 8]])], 2)
     assert ids.dtype == torch.long and ids.tolist() == [[[3, 4], [0, 0]], [[5, 6], [7, 8]]]
+
+
+def test_answer_ids_end_with_the_templates_end_of_turn_not_eos():
+    """A template that closes assistant turns with a token other than eos_token (Llama 3's <|eot_id|>, Gemma's
+    <end_of_turn>): the answer ends with that token; the probe follows a changed chat template."""
+    from conftest import build_tiny_tokenizer
+
+    from internalize.views import end_of_turn_id
+
+    tok = build_tiny_tokenizer()
+    assert answer_ids(tok, "ok")[-1] == tok.eos_token_id == end_of_turn_id(tok)
+    tok.chat_template = tok.chat_template.replace("<|im_end|>", "<unk>")  # stand-in for another end-of-turn token
+    assert end_of_turn_id(tok) == tok.convert_tokens_to_ids("<unk>") != tok.eos_token_id
+    assert answer_ids(tok, "ok") == (*tok("ok", add_special_tokens=False).input_ids, end_of_turn_id(tok))

@@ -68,9 +68,25 @@ class ModelConfig(_Section):
         "Module names that get LoRA adapters.",
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     )
+    prompt_template: str = _help(
+        "Prompt a model as plain text instead of with its chat template (a base model has none): fields "
+        "{context} and {input}, e.g. '{context}\\n\\n{input}\\n'; an empty context drops {context} with the "
+        "text before it on its line and the whitespace after it; answers end with eos_token ('' = the chat "
+        "template).", default="")
 
     def __post_init__(self) -> None:
         self._require(bool(self.name), "name", "give a model directory, .gguf file or 'smollm2-135m'")
+        if self.prompt_template:
+            try:
+                parsed = list(string.Formatter().parse(self.prompt_template))
+            except ValueError as err:
+                raise InternalizeError(f"{self._name}.prompt_template={self.prompt_template!r} is invalid: {err}; "
+                                       "write fields as {context} and {input}, braces doubled") from None
+            fields = [name for _, name, _, _ in parsed if name is not None]
+            self._require(sorted(fields) == ["context", "input"], "prompt_template",
+                          f"uses {fields or 'no field'}; use {{context}} and {{input}}, once each")
+            self._require(not any(spec or conv for _, name, spec, conv in parsed if name is not None),
+                          "prompt_template", "write fields as plain {context} and {input}, no format spec")
         self._choice("dtype", ("float32", "bfloat16"))
         self._choice("finetune", ("lora", "full"))
         self._require(self.lora_r > 0, "lora_r", "must be > 0")

@@ -15,10 +15,19 @@ re-run with gradients once per micro-batch, instead of once per sequence.
 ``generate`` is greedy or sampled decoding with early exit of finished rows; with
 ``distributions`` it also keeps, for every generated token, the model's log-probs (top-k plus the
 tail mass, or the full vocabulary): the teacher's distributions come free with its answers.
+
+Sliding-window attention (Gemma 2/3, Mistral, Qwen2/3 with ``use_sliding_window``, Phi-3 with a
+window): transformers counts the window in cache slots, not positions, so padding between the
+cached prefix and a row's own tokens takes slots inside the window and hides real tokens (measured:
+answer logits off by 0.01-2 with a 16-token window). Padding at the very start, or a cached prefix
+without padding after it, is exact. So when ``sliding_window(model)`` is shorter than the sequences,
+padded batches run whole, left-padded from their first token (``answer_logits``), and ``generate``
+does not share the prefix unless its batches hold a single prompt; ``_short_window`` logs it once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +37,38 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .targets import topk_with_tail
-from .views import View
+from .views import View, stop_ids
+
+log = logging.getLogger(__name__)
+_WARNED: set[tuple[str, int]] = set()  # (model type, window) already logged
+
+
+def sliding_window(model: PreTrainedModel) -> int | None:
+    """The model's sliding attention window in tokens, or None when every layer attends to all of the sequence."""
+    config = model.config
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:  # transformers 5 names each layer's attention
+        return window if any("sliding" in str(t) for t in layer_types) else None
+    if getattr(config, "use_sliding_window", True) is False:  # Qwen2/3 without layer_types
+        return None
+    return window  # Mistral, Phi-3 (every layer slides), configs with only a sliding_window_pattern
+
+
+def _short_window(model: PreTrainedModel, length: int) -> bool:
+    """Whether the model's sliding window is no longer than sequences of ``length`` tokens; logs it once."""
+    window = sliding_window(model)
+    if window is None or window > length:
+        return False
+    model_type = getattr(model.config, "model_type", type(model).__name__)
+    if (model_type, window) not in _WARNED:
+        _WARNED.add((model_type, window))
+        log.warning("%s has a sliding attention window of %d tokens, shorter than these sequences (%d tokens): padded "
+                    "batches run without the shared prefix cache (exact, slower)", model_type, window, length)
+    return True
 
 
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -92,6 +132,25 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.position_ids,
                                                self.answer_pos, self.answer_ids, self.answer_mask)), self.keep)
+
+    def whole(self, prefix_ids: Sequence[int]) -> Batch:
+        """The same rows run whole: ``prefix_ids`` then each row's own tokens, left-padded from the first token
+        (answer positions unchanged: every row still ends at the last position)."""
+        B, S = self.input_ids.shape
+        P = len(prefix_ids)
+        own = self.attention_mask[:, -S:].bool()
+        pad = int(self.input_ids[~own][0]) if not own.all() else 0  # any id: padding is masked
+        input_ids = self.input_ids.new_full((B, P + S), pad)
+        attention_mask = torch.zeros_like(input_ids)
+        position_ids = torch.zeros_like(input_ids)
+        prefix = torch.tensor(prefix_ids, dtype=self.input_ids.dtype, device=self.input_ids.device)
+        for b in range(B):
+            seq = torch.cat([prefix, self.input_ids[b][own[b]]])
+            input_ids[b, P + S - len(seq) :] = seq
+            attention_mask[b, P + S - len(seq) :] = 1
+            position_ids[b, P + S - len(seq) :] = torch.arange(len(seq), device=seq.device)
+        return Batch(input_ids, attention_mask, position_ids, self.answer_pos, self.answer_ids, self.answer_mask,
+                     self.keep)
 
     @property
     def padding_share(self) -> float:
@@ -165,10 +224,22 @@ def forward(model: PreTrainedModel, batch: Batch, cache: DynamicCache | None, ke
 
 
 def answer_logits(model: PreTrainedModel, batch: Batch, prefix: Prefix | None = None) -> torch.Tensor:
-    """Logits ``[B, A, V]`` predicting each answer token; only answer positions are projected."""
+    """Logits ``[B, A, V]`` predicting each answer token; only answer positions are projected.
+
+    With a sliding window shorter than the sequences, a batch with padding runs whole (``Batch.whole``), without
+    the prefix's cache: padding after a cached prefix would fall inside the window."""
+    if (prefix is not None and len(prefix) and not bool(batch.attention_mask.all())
+            and _short_window(model, batch.attention_mask.shape[1])):
+        batch, prefix = batch.whole(prefix.ids), None
     cache = prefix.expanded(model, batch.input_ids.shape[0]) if prefix is not None else None
     logits = forward(model, batch, cache, batch.keep)
     return logits.gather(1, batch.answer_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
+
+
+def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stops: Sequence[int]) -> tuple[str, bool]:
+    """The text of generated ``ids`` up to the first stop token, and whether there was one (the answer finished)."""
+    end = next((j for j, token in enumerate(ids) if token in stops), None)
+    return tokenizer.decode(ids[:end], skip_special_tokens=True).strip(), end is not None
 
 
 @dataclass
@@ -206,8 +277,13 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     ``group`` > 1: each run of ``group`` consecutive prompts is one input under several contexts; the
     next-token distribution is the mean of theirs (``mean_over_contexts``), all of them continue with
     the token chosen from it, and there is one result per run (``batch_size`` counts runs).
+    With a sliding window shorter than prompt plus ``max_new_tokens``, the prefix is shared only when every batch
+    holds one prompt (padding after a cached prefix would fall inside the window).
     """
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stops, pad = stop_ids(tokenizer), tokenizer.pad_token_id
+    stop = torch.tensor(stops, device=device)
+    if share_prefix and prompts and (batch_size > 1 or group > 1):
+        share_prefix = not _short_window(model, max(map(len, prompts)) + max_new_tokens)
     prefix = Prefix.shared(prompts, share_prefix).prefill(model, device)
     inputs = len(prompts) // group
     order = sorted(range(inputs), key=lambda i: max(map(len, prompts[i * group : (i + 1) * group])))
@@ -231,7 +307,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 tokens[row].append(token)
                 if kept is not None:
                     dists[row].append((kept[0][r].cpu(), None if kept[1] is None else kept[1][r].cpu()))
-            going = (chosen != eos).nonzero().squeeze(1)
+            going = (~torch.isin(chosen, stop)).nonzero().squeeze(1)
             if step == max_new_tokens - 1 or len(going) == 0:
                 break
             if len(going) < len(active):  # finished sequences leave the batch, with all their contexts
@@ -243,9 +319,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             logits = model(input_ids=chosen.repeat_interleave(group)[:, None], attention_mask=mask,
                            position_ids=position, cache=cache, use_cache=True).logits[:, -1]
         for row, i in enumerate(rows):
-            ids, finished = tokens[row], eos in tokens[row]
-            text = tokenizer.decode(ids[: ids.index(eos)] if finished else ids, skip_special_tokens=True).strip()
-            gen = Generation(text, finished, tuple(ids))
+            text, finished = answer_text(tokenizer, tokens[row], stops)
+            gen = Generation(text, finished, tuple(tokens[row]))
             if distributions is not None:
                 gen.logp = torch.stack([d[0] for d in dists[row]])
                 gen.top = None if dists[row][0][1] is None else torch.stack([d[1] for d in dists[row]])

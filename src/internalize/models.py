@@ -9,6 +9,10 @@ once as a plain model and cached as safetensors under ``$INTERNALIZE_CACHE``
 With LoRA the teacher is the same weights with the adapters disabled (``teacher_mode``), never a
 second copy in memory.
 
+A tokenizer without a chat template (a base model) needs ``model.prompt_template``: it is installed as
+the tokenizer's chat template (``views.plain_chat_template``), so every prompt, and the saved
+artifact, uses it.
+
     model, tok = load_model(cfg.model, runtime)
     model = make_student(model, cfg.model)
     with teacher_mode(model):
@@ -32,6 +36,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .config import InternalizeError, ModelConfig
 from .runtime import Runtime
+from .views import is_plain, plain_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +122,15 @@ def load_model(cfg: ModelConfig, runtime: Runtime | None = None) -> tuple[PreTra
         model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if tokenizer.chat_template is None:
-        raise InternalizeError(f"model.name='{cfg.name}': the tokenizer has no chat template; use an instruct model")
+    if cfg.prompt_template:  # plain text: the template becomes the chat template (saved with the artifact)
+        if tokenizer.chat_template is not None and not is_plain(tokenizer):
+            log.info("model.prompt_template replaces the chat template of %s", cfg.name)
+        bos = tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+        tokenizer.chat_template = plain_chat_template(cfg.prompt_template, bos=bos)
+    elif tokenizer.chat_template is None:
+        raise InternalizeError(f"model.name='{cfg.name}': the tokenizer has no chat template; set "
+                               "model.prompt_template (e.g. '{context}\\n\\n{input}\\n') to prompt it with plain "
+                               "text, or use an instruct model")
     model.config.use_cache = True
     try:
         model.to((runtime or Runtime.local(cfg.device)).device)

@@ -25,10 +25,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import CONDITIONS, InternalizeError, ModelConfig, PromptConfig, load_config
-from .decoding import Generation, Prefix, choose_token, collate, forward, generate
+from .decoding import Generation, Prefix, answer_text, choose_token, collate, forward, generate
 from .models import inference_mode, load_model
 from .runtime import Runtime
-from .views import View, prompt_ids
+from .views import View, prompt_ids, stop_ids
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: S
               emit: Callable[[str], None]) -> Generation:
     """One prompt, generated as ``decoding.generate`` does it for a batch of one (same operations, same result),
     handing each new piece of text to ``emit`` as soon as it decodes to whole characters."""
-    eos = tokenizer.eos_token_id
+    stops = stop_ids(tokenizer)
     prefix = Prefix.shared([ids]).prefill(model, device)
     batch = collate([View(tuple(ids), ())], tokenizer.pad_token_id, len(prefix)).to(device)
     cache = prefix.expanded(model, 1) if prefix.cache is not None else DynamicCache(config=model.config)
@@ -94,7 +94,7 @@ def _streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: S
         chosen = choose_token(torch.log_softmax(logits.float(), dim=-1), do_sample, temperature, top_p)
         token = int(chosen.item())
         tokens.append(token)
-        if token == eos:
+        if token in stops:
             break
         text = tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
         if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):  # whole characters only
@@ -106,8 +106,7 @@ def _streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: S
         position = position + 1
         logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, cache=cache,
                        use_cache=True).logits[:, -1]
-    finished = eos in tokens
-    text = tokenizer.decode(tokens[: tokens.index(eos)] if finished else tokens, skip_special_tokens=True).strip()
+    text, finished = answer_text(tokenizer, tokens, stops)
     if text.startswith(shown) and len(text) > len(shown):
         emit(text[len(shown):])
     return Generation(text, finished, tuple(tokens))
