@@ -1,8 +1,10 @@
 """Runtime: where the model lives and which process this is; the one place that knows.
 
 Every stage takes a ``Runtime`` instead of asking the model for its device. Single-process is the
-default (``Runtime.local``); a multi-process launch (Hugging Face Accelerate) gives each process its
-own device and rank, and ``gather`` / ``sum`` combine figures across processes.
+default (``Runtime.local``). Under ``torchrun`` (or any launcher that sets ``RANK`` and
+``WORLD_SIZE``) ``Runtime.distributed`` joins the process group (gloo on the CPU, nccl on CUDA) and
+gives each process its rank and device; ``gather`` / ``sum`` combine figures across processes and
+``average_gradients`` syncs a training step's gradients.
 
     runtime = Runtime.local("auto")          # cuda if available, else cpu
     model.to(runtime.device)
@@ -11,6 +13,8 @@ own device and rank, and ``gather`` / ``sum`` combine figures across processes.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +37,22 @@ class Runtime:
             return cls(torch.device(device))
         except RuntimeError:
             raise InternalizeError(f"model.device='{device}' is not a torch device; use auto, cpu or cuda:N") from None
+
+    @classmethod
+    def distributed(cls, device: str = "auto") -> Runtime:
+        """This process of a multi-process launch (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set by ``torchrun``),
+        its process group joined: gloo on the CPU, nccl on CUDA (device ``cuda:LOCAL_RANK``). Without those
+        variables, one process: ``Runtime.local(device)``."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls.local(device)
+        import torch.distributed as dist
+
+        on_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+        where = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if on_cuda else torch.device("cpu")
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if on_cuda else "gloo")
+        return cls(where, int(os.environ["RANK"]), world)
 
     @property
     def is_main(self) -> bool:
@@ -58,3 +78,14 @@ class Runtime:
         total = tensor.clone()
         dist.all_reduce(total)
         return total
+
+    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
+        """Replace each gradient by its mean over the processes (one process: nothing to do)."""
+        if self.num_processes == 1:
+            return
+        import torch.distributed as dist
+
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.num_processes

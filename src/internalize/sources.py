@@ -11,6 +11,7 @@ position (``state_dict`` / ``load_state_dict``), so that a resumed run sees the 
 
     source = OfflineBatches(targets, pad_id, batch_size=8, buckets=16, seed=0)
     mb = next(source)   # mb.batch.answer_ids [B, A], mb.teacher_logp [B, A, C]
+    OfflineBatches(targets, pad_id, 8, 16, 0, rank=runtime.process_index, processes=runtime.num_processes)
 """
 
 from __future__ import annotations
@@ -78,8 +79,10 @@ def _epoch(views: list[View], batch_size: int, buckets: int, generator: torch.Ge
 class OfflineBatches:
     """Endless length-bucketed epochs (``micro_batches``) over precomputed teacher targets."""
 
-    def __init__(self, targets: Targets, pad_id: int, batch_size: int, buckets: int = 1, seed: int = 0) -> None:
+    def __init__(self, targets: Targets, pad_id: int, batch_size: int, buckets: int = 1, seed: int = 0,
+                 rank: int = 0, processes: int = 1) -> None:
         self.targets, self.pad_id, self.batch_size, self.buckets = targets, pad_id, batch_size, buckets
+        self.rank, self.processes = rank, processes  # of several processes, each takes every processes-th micro-batch
         self.num_examples = len(targets)
         self.prefix = Prefix.shared([v.prompt_ids for v in targets.student_views])
         self.generator = torch.Generator().manual_seed(seed)
@@ -93,11 +96,14 @@ class OfflineBatches:
     def __iter__(self) -> OfflineBatches:
         return self
 
-    def __next__(self) -> MicroBatch:
+    def _next_indices(self) -> list[int]:
         if self.position == len(self.order):
             self._start_epoch()
-        idx = self.order[self.position]
         self.position += 1
+        return self.order[self.position - 1]
+
+    def __next__(self) -> MicroBatch:
+        idx = [self._next_indices() for _ in range(self.processes)][self.rank]  # every process walks the same order
         views = [self.targets.student_views[i] for i in idx]
         batch = collate(views, self.pad_id, len(self.prefix))
         logp, ids = self.targets.stacked(idx, batch.answer_ids.shape[1])

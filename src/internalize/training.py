@@ -63,11 +63,12 @@ def _schedule(step: int, total: int, warmup: int, kind: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def num_steps(num_examples: int, cfg: TrainConfig) -> int:
-    """Optimizer steps the run takes: ``max_steps`` or ``epochs`` passes over the examples."""
+def num_steps(num_examples: int, cfg: TrainConfig, processes: int = 1) -> int:
+    """Optimizer steps the run takes: ``max_steps`` or ``epochs`` passes over the examples (a step uses
+    ``batch_size`` x ``grad_accum`` examples on each of ``processes``)."""
     if cfg.max_steps:
         return cfg.max_steps
-    return cfg.epochs * max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum)))
+    return cfg.epochs * max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum * processes)))
 
 
 def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime: Runtime,
@@ -83,7 +84,7 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
     state = state or TrainState()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = num_steps(batches.num_examples, cfg)
+    total = num_steps(batches.num_examples, cfg, runtime.num_processes)
     warmup = int(cfg.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _schedule(s, total, warmup, cfg.schedule))
     if state.optimizer is None:
@@ -124,6 +125,7 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
             share = mb.tokens / tokens  # the micro-batch's share of the window's answer tokens
             (loss * share * runtime.num_processes).backward()  # gradients are averaged over processes
             loss_sum += loss.detach() * share
+        runtime.average_gradients(params)  # several processes: one step on all their micro-batches
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf)  # the norm, clipped or not
         loss_value = runtime.sum(loss_sum).item()
         lr = scheduler.get_last_lr()[0]  # the rate this step used
