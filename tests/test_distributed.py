@@ -1,4 +1,4 @@
-"""Two CPU processes (torchrun, gloo) train like one process at the same effective batch size.
+"""Two CPU processes (torchrun, gloo) train, and distill, like one process at the same effective batch size.
 
 The training seam of a multi-process run: ``Runtime.distributed`` joins the process group,
 ``OfflineBatches(rank, processes)`` gives each process its share of the same micro-batch order,
@@ -102,3 +102,36 @@ def test_two_processes_train_like_one_at_the_same_effective_batch(tiny_model_dir
     assert one.keys() == two.keys()
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5)
+
+
+def test_distill_with_two_processes_equals_one(tiny_model_dir, tmp_path):
+    """``torchrun --nproc_per_node 2 -m internalize distill``: every process runs the teacher, trains on its share of the
+    micro-batches with synced gradients; the main process saves and reports. The same updates, metrics and weights
+    as one process with twice the gradient accumulation."""
+    from conftest import tiny_config_dict, write_yaml
+
+    from internalize import distill
+    from internalize.config import config_from_dict
+
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "two")
+    raw["train"].update(max_steps=0, epochs=2, batch_size=2, grad_accum=1, length_buckets=1)
+    raw["teacher"]["cache_dir"] = ""
+    path = write_yaml(tmp_path / "two.yaml", raw)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(_free_port()), "-m", "internalize", "-q", "distill",
+                          str(path)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    raw["train"]["grad_accum"] = 2
+    raw["output"]["dir"] = str(tmp_path / "one")
+    one = distill(config_from_dict(raw))
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two.keys() == one.keys()
+    for condition, m in one["main"].items():
+        for key, value in m.items():
+            assert abs(two["main"][condition][key] - value) < 1e-5, (condition, key)
+    info = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("one", "two")}
+    assert info["two"]["steps"] == info["one"]["steps"] == 4  # 8 answers, 4 per step (2 x 2 or 1 x 2 x 2), 2 epochs
+    a, b = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("one", "two"))
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=1e-5)

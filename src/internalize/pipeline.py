@@ -87,10 +87,10 @@ def _synthesis_path(cfg: Config) -> Path:
 
 def distill(cfg: Config) -> dict[str, Any]:
     """Distill each behaviour's context into the student; returns ``{behaviour: {base, teacher, student}}`` metrics."""
-    runtime = Runtime.local(cfg.model.device)
+    runtime = Runtime.distributed(cfg.model.device)  # one process unless started by torchrun
     behaviours = load_behaviours(cfg)
     neutral = _neutral(cfg)
-    run = Run(cfg)
+    run = Run(cfg, writer=runtime.is_main)
     synthesizing = behaviours[0].train is None
     if synthesizing:
         check_synthesis(cfg.data.synthesize, _synthesis_path(cfg), (cfg.config_dir,))
@@ -123,9 +123,12 @@ def distill(cfg: Config) -> dict[str, Any]:
                                           runtime)
         with run.stage("train"):
             batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
-                                     cfg.train.seed)
+                                     cfg.train.seed, runtime.process_index, runtime.num_processes)
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
                         on_step=lambda record: track(step_values(record), record["step"]))
+        if not runtime.is_main:  # the trained weights are the same in every process: the main one saves and reports
+            runtime.barrier()
+            return {}
         with run.stage("save"):
             model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir)
             run.saved(provenance(cfg, started_from))
@@ -153,6 +156,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         write_provenance(run.model_dir, provenance(cfg, started_from, metrics, info.get("forgetting")))
         track(eval_values(metrics, info.get("forgetting")), state.step)
         log.info("wrote %s: %s", run.dir / "report.md", summary(metrics))
+    runtime.barrier()  # the other processes wait for the report
     return metrics
 
 

@@ -54,8 +54,9 @@ CARD = "README.md"  # inside model/: the Hugging Face model card
 class Run:
     """One run's output directory."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, writer: bool = True) -> None:
         self.cfg = cfg
+        self.writer = writer  # of several processes, only the main one writes the directory
         self.dir = Path(cfg.output.dir)
         self.timings: dict[str, float] = {}
         self.model_saved = False
@@ -109,7 +110,10 @@ class Run:
     @contextmanager
     def open(self) -> Iterator[Run]:
         """Clear an earlier run's files (all but the config and checkpoints of a run to resume), save the resolved
-        config; on failure, keep only what is worth keeping."""
+        config; on failure, keep only what is worth keeping. A process that is not the writer changes nothing."""
+        if not self.writer:
+            yield self
+            return
         self._clear(keep=("config.yaml", "checkpoints", "logs") if self.cfg.output.resume else ())
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -150,8 +154,8 @@ class Run:
         return state
 
     def checkpointer(self, model: PreTrainedModel) -> Callable[[TrainState], None] | None:
-        """What ``fit`` calls with its state every ``train.save_every`` steps (None: no checkpoints)."""
-        if not self.cfg.train.save_every:
+        """What ``fit`` calls with its state every ``train.save_every`` steps (None: no checkpoints, or not the writer)."""
+        if not self.cfg.train.save_every or not self.writer:
             return None
         return lambda state: checkpoint.save(self.checkpoint_dir, model, state, self.cfg.train.keep_checkpoints)
 

@@ -89,3 +89,10 @@ class Runtime:
             if p.grad is not None:
                 dist.all_reduce(p.grad)
                 p.grad /= self.num_processes
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (one process: return at once)."""
+        if self.num_processes > 1:
+            import torch.distributed as dist
+
+            dist.barrier()

@@ -108,7 +108,7 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
         if part is None:
             part = _answer_part(model, tokenizer, records[start:end], part_prompts, group, top_k, cfg, runtime,
                                 cfg.seed + start, f"{desc} {start + 1}-{end}" if end - start < len(records) else desc)
-            if where is not None:
+            if where is not None and runtime.is_main:  # one writer; every process computed the same part
                 cache.save(where, key, part)
         part.source = [i + start for i in part.source]
         parts.append(part)
