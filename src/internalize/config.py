@@ -502,13 +502,13 @@ def _behaviours(raw: dict[str, Any]) -> list[BehaviourConfig]:
         raise InternalizeError(f"teacher.contexts={contexts!r} is invalid: give a list of {{name, context, train_file, "
                                "eval_file}} entries")
     behaviours = []
+    prompt_keys = ("context", "demonstrations", "position")  # an entry's prompt, written at its top level
+    allowed = [f.name for f in dataclasses.fields(BehaviourConfig) if f.name != "prompt"] + list(prompt_keys)
     for i, entry in enumerate(contexts):  # each entry: a behaviour with its prompt's keys at the top
         key = f"teacher.contexts[{i}]"
         if not isinstance(entry, dict):
             raise InternalizeError(f"{key}={entry!r} is invalid: use {{name: ..., context: ..., train_file: ..., "
                                    "eval_file: ...}")
-        prompt_keys = ("context", "demonstrations", "position")
-        allowed = [f.name for f in dataclasses.fields(BehaviourConfig) if f.name != "prompt"] + list(prompt_keys)
         for name in entry:
             if name not in allowed:
                 raise _unknown(f"{key}.{name}", allowed)
