@@ -33,6 +33,15 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 
 
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (pytest -m gpu on a machine with one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 TINY_INPUTS = [
     "What is 1 plus 2?",
     "Name a colour.",
@@ -74,8 +83,9 @@ def _chat_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return tokenizer(text, add_special_tokens=False).input_ids
 
 
-def build_tiny_model(tokenizer, seed: int = 0, pretrain_steps: int = 40):
-    """A 2-layer Llama, trained for a few steps to answer ``okay`` (loss on the answer tokens only)."""
+def build_tiny_model(tokenizer, seed: int = 0, pretrain_steps: int = 40, echo: bool = False):
+    """A 2-layer Llama, trained for a few steps to answer ``okay`` (loss on the answer tokens only); ``echo``: to
+    answer the user's first two characters, then ``okay`` (answers that differ from input to input)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -98,10 +108,11 @@ def build_tiny_model(tokenizer, seed: int = 0, pretrain_steps: int = 40):
         rows = []
         for _ in range(16):
             messages = [{"role": "user", "content": text()}]
+            said = tokenizer(messages[0]["content"][:2], add_special_tokens=False).input_ids if echo else []
             if rng.random() < 0.5:  # sometimes a system turn, so prompts with a context also end in "okay"
                 messages.insert(0, {"role": "system", "content": text()})
             prompt = _chat_ids(tokenizer, messages)
-            rows.append((prompt + answer, [-100] * len(prompt) + answer))
+            rows.append((prompt + said + answer, [-100] * len(prompt) + said + answer))
         width = max(len(ids) for ids, _ in rows)
         input_ids = torch.full((len(rows), width), tokenizer.pad_token_id)
         labels = torch.full((len(rows), width), -100)

@@ -1,4 +1,5 @@
-"""Two CPU processes (torchrun, gloo) train, and distill, like one process at the same effective batch size.
+"""Two CPU processes (torchrun, or accelerate launch; gloo) train and distill like one process at the same
+effective batch size.
 
 The training seam of a multi-process run: ``Runtime.distributed`` joins the process group,
 ``OfflineBatches(rank, processes)`` gives each process its share of the same micro-batch order,
@@ -15,9 +16,11 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import pytest
 import torch
-from conftest import TINY_INPUTS
+from conftest import TINY_INPUTS, build_tiny_model, build_tiny_tokenizer
 from safetensors.torch import load_file
 
 from internalize.config import ModelConfig, TrainConfig
@@ -28,6 +31,7 @@ from internalize.targets import Targets, topk_with_tail
 from internalize.training import fit
 from internalize.views import View, answer_ids, prompt_ids
 
+EXAMPLES = Path(__file__).parent.parent / "examples" / "accelerate"
 ANSWERS = ("hello!", "Bye", "A-OK", "no", "yes please", "42", "x", "a longer answer here")
 LORA = {"lora_r": 4, "lora_alpha": 8}
 
@@ -45,6 +49,9 @@ WORKER = textwrap.dedent('''
     model_dir, out = sys.argv[1], sys.argv[2]
     runtime = Runtime.distributed("cpu")
     assert runtime.num_processes == 2, runtime
+    share = runtime.split(list(range(5)))
+    assert share == ([0, 1, 2] if runtime.is_main else [3, 4]), share
+    assert runtime.gather_objects([str(i) for i in share]) == ["0", "1", "2", "3", "4"]  # joined in order everywhere
     model, tok = load_model(ModelConfig(name=model_dir, device="cpu"), runtime)
     torch.manual_seed(0)  # the same LoRA initialisation in every process
     student = make_student(model, ModelConfig(name="unused", **LORA))
@@ -104,27 +111,48 @@ def test_two_processes_train_like_one_at_the_same_effective_batch(tiny_model_dir
         torch.testing.assert_close(two[name], value, rtol=0, atol=1e-5)
 
 
-def test_distill_with_two_processes_equals_one(tiny_model_dir, tmp_path):
-    """``torchrun --nproc_per_node 2 -m internalize distill``: every process runs the teacher, trains on its share of the
-    micro-batches with synced gradients; the main process saves and reports. The same updates, metrics and weights
-    as one process with twice the gradient accumulation."""
+@pytest.fixture(scope="module")
+def echo_model_dir(tmp_path_factory) -> Path:
+    """A tiny model whose answers differ from input to input (parts joined out of order change the answers' order)."""
+    out = tmp_path_factory.mktemp("tiny-echo")
+    tokenizer = build_tiny_tokenizer()
+    build_tiny_model(tokenizer, echo=True).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_model_dir, tmp_path):
+    """``accelerate launch --config_file examples/accelerate/multi_gpu.yaml -m internalize distill`` (on this CPU-only
+    machine: two gloo processes): each process answers half the teacher's inputs and half the held-out and neutral
+    inputs, trains on its share of the micro-batches with synced gradients; the main process saves and reports. The
+    same updates, metrics, forgetting check, answers and weights as one process with twice the gradient accumulation
+    (the model's answers differ from input to input: parts joined out of order would put them on the wrong inputs)."""
     from conftest import tiny_config_dict, write_yaml
 
     from internalize import distill
     from internalize.config import config_from_dict
 
-    raw = tiny_config_dict(tiny_model_dir, tmp_path / "two")
+    neutral = tmp_path / "neutral.jsonl"  # 5 prompts: the processes get 3 and 2
+    neutral.write_text("".join(json.dumps({"input": text}) + "\n" for text in TINY_INPUTS[:5]))
+    raw = tiny_config_dict(echo_model_dir, tmp_path / "two")
     raw["train"].update(max_steps=0, epochs=2, batch_size=2, grad_accum=1, length_buckets=1)
-    raw["teacher"]["cache_dir"] = ""
+    raw["teacher"]["cache_dir"] = str(tmp_path / "cache")
+    raw["eval"]["neutral_file"] = str(neutral)
     path = write_yaml(tmp_path / "two.yaml", raw)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), "-m", "internalize", "-q", "distill",
-                          str(path)], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                          str(EXAMPLES / "multi_gpu.yaml"), "--main_process_port", str(_free_port()), "-m",
+                          "internalize", "-q", "distill", str(path)], env=env, capture_output=True, text=True,
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count('"main"') == 1  # the metrics are printed once, by the main process
     raw["train"]["grad_accum"] = 2
     raw["output"]["dir"] = str(tmp_path / "one")
+    raw["teacher"]["cache_dir"] = str(tmp_path / "cache_one")
     one = distill(config_from_dict(raw))
+    # one cache, written by the main process: the entries of one process (teacher, held-out references, neutral)
+    entries = [sorted(p.name for p in (tmp_path / name).iterdir()) for name in ("cache", "cache_one")]
+    assert len(entries[0]) == 3 and entries[0] == entries[1]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two.keys() == one.keys()
     for condition, m in one["main"].items():
@@ -132,6 +160,23 @@ def test_distill_with_two_processes_equals_one(tiny_model_dir, tmp_path):
             assert abs(two["main"][condition][key] - value) < 1e-5, (condition, key)
     info = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("one", "two")}
     assert info["two"]["steps"] == info["one"]["steps"] == 4  # 8 answers, 4 per step (2 x 2 or 1 x 2 x 2), 2 epochs
+    for key, value in info["one"]["forgetting"].items():
+        assert abs(info["two"]["forgetting"][key] - value) < 1e-5, key
+    answers = [(tmp_path / name / "answers.jsonl").read_text() for name in ("one", "two")]
+    assert answers[0] == answers[1]  # the held-out answers, gathered in input order
+    assert len({json.loads(line)["student"] for line in answers[0].splitlines()}) > 1  # answers that differ
     a, b = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("one", "two"))
     for name, value in a.items():
         torch.testing.assert_close(b[name], value, rtol=0, atol=1e-5)
+
+
+def test_the_example_accelerate_configs_parse_as_data_parallel_configs():
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    assert [f.name for f in files] == ["multi_gpu.yaml", "multi_node.yaml"]
+    for f in files:
+        cfg = ClusterConfig.from_yaml_file(f)
+        assert cfg.distributed_type.value == "MULTI_GPU" and cfg.num_processes >= 2 and cfg.mixed_precision == "no"
+        assert not cfg.use_cpu and cfg.fsdp_config == {} and cfg.deepspeed_config == {}
+        assert f"--config_file examples/accelerate/{f.name}" in f.read_text()  # the command to run it, at the top

@@ -17,7 +17,8 @@ from internalize.data import load_inputs, read_inputs, uses_synthesis
 from internalize.models import resolve_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "examples").glob("**/*.yaml"))
+# examples/accelerate/ holds launcher configs, not run configs (tests/test_distributed.py parses them)
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("**/*.yaml") if "accelerate" not in p.parts)
 CONFIGS = EXAMPLES + sorted((ROOT / "experiments").glob("**/*.yaml"))
 IDS = [str(p.relative_to(ROOT)) for p in CONFIGS]
 

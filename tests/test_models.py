@@ -310,3 +310,16 @@ def test_save_artifact_full_finetune(tiny, tmp_path):
     out = tmp_path / "full"
     save_artifact(student, tok, out, "merged", "unused")
     torch.testing.assert_close(_logits(AutoModelForCausalLM.from_pretrained(out), tok), expected, **MERGED)
+
+
+def test_dtype_auto_is_bfloat16_on_a_cuda_device_with_bf16_and_float32_elsewhere(monkeypatch):
+    from internalize.models import weights_dtype
+
+    assert weights_dtype("auto", torch.device("cpu")) == torch.float32
+    assert weights_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert weights_dtype("auto", torch.device("cuda:0")) == torch.bfloat16
+    assert weights_dtype("float32", torch.device("cuda:0")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
+    assert weights_dtype("auto", torch.device("cuda:0")) == torch.float32

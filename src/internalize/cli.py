@@ -220,14 +220,17 @@ def _compare(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
-def _configured(args: argparse.Namespace) -> dict:
+def _configured(args: argparse.Namespace) -> dict | None:
+    """The result to print (None: a process of a multi-process run other than the main one, which prints it)."""
     from .pipeline import distill, evaluate_artifact, synthesize_inputs
+    from .runtime import Runtime
 
     overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else []) + (
         ["output.resume=true"] if getattr(args, "resume", False) else [])
     cfg = load_config(args.config, overrides)
     if args.command == "distill":
-        return distill(cfg)
+        result = distill(cfg)
+        return result if Runtime.distributed(cfg.model.device).is_main else None
     if args.command == "eval":
         return evaluate_artifact(cfg, args.student)
     return synthesize_inputs(cfg)
@@ -267,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internalize: error: {where}{e.strerror or e}; free space or fix the permissions, then run again{again}",
               file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))  # distill and eval: {behaviour: {base, teacher, student}}
+    if result is not None:
+        print(json.dumps(result, indent=2))  # distill and eval: {behaviour: {base, teacher, student}}
     return 0
 
 

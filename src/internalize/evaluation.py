@@ -7,6 +7,9 @@ Metrics per condition:
 - ``score``: the behaviour's scorer on the final answer.
 The teacher's own agreement and KL are 1 and 0 by definition (its answers are the reference).
 
+Under several processes each generates and scores its share of the inputs; every process gets the
+whole result.
+
 ``evaluate_behaviours`` runs a set of conditions on every behaviour; ``distill`` and
 ``evaluate_artifact`` both call it. ``forgetting`` is the check on prompts the context says nothing
 about: the student against the original model's own answers.
@@ -20,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .behaviours import Behaviour, Scorer
@@ -45,16 +49,21 @@ def _mean(values: list[float]) -> float:
 
 def _mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: Reference, batch_size: int,
              runtime: Runtime) -> float:
-    """Token-weighted mean KL(teacher || model) over the reference answers (student view)."""
+    """Token-weighted mean KL(teacher || model) over the reference answers (student view), each process taking its
+    share of the answers."""
     targets = reference.targets
+    mine = runtime.split(range(len(targets)))
+    views = [targets.student_views[i] for i in mine]
     total, count = 0.0, 0
-    prefix = Prefix.shared([v.prompt_ids for v in targets.student_views]).prefill(model, runtime.device)
-    for idx, batch in batches(targets.student_views, batch_size, tokenizer.pad_token_id, len(prefix)):
-        teacher_logp, teacher_ids = targets.stacked(idx, batch.answer_ids.shape[1])
-        logits = answer_logits(model, batch.to(runtime.device), prefix).cpu()
-        kl = forward_kl(to_classes(logits, teacher_ids), teacher_logp, batch.answer_mask)
-        tokens = int(batch.answer_mask.sum())
-        total, count = total + kl.item() * tokens, count + tokens
+    if views:
+        prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model, runtime.device)
+        for idx, batch in batches(views, batch_size, tokenizer.pad_token_id, len(prefix)):
+            teacher_logp, teacher_ids = targets.stacked([mine[i] for i in idx], batch.answer_ids.shape[1])
+            logits = answer_logits(model, batch.to(runtime.device), prefix).cpu()
+            kl = forward_kl(to_classes(logits, teacher_ids), teacher_logp, batch.answer_mask)
+            tokens = int(batch.answer_mask.sum())
+            total, count = total + kl.item() * tokens, count + tokens
+    total, count = runtime.sum(torch.tensor([total, count], dtype=torch.float64, device=runtime.device)).tolist()
     return total / max(count, 1)
 
 
@@ -74,10 +83,10 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
     else:
         mode = teacher_mode if condition == "base" else inference_mode
         with mode(model):
-            prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
+            prompts = [prompt_ids(tokenizer, r["input"]) for r in runtime.split(records)]  # this process's share
             generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
-                                   desc=condition)
-            outputs = [samples[0].text for samples in generations]
+                                   desc=condition) if prompts else []
+            outputs = runtime.gather_objects([samples[0].text for samples in generations])
             metrics["agreement"] = _mean([float(out == ref) for out, ref in zip(outputs, reference.answers, strict=True)
                                           if ref is not None])
             metrics["kl"] = (_mean_kl(model, tokenizer, reference, cfg.batch_size, runtime)
@@ -99,6 +108,11 @@ def evaluate_behaviours(models: dict[str, PreTrainedModel], tokenizer: PreTraine
             results.setdefault(b.name, {})[condition] = evaluate(model, tokenizer, b.held_out, ref, cfg, condition,
                                                                  b.scorer, runtime)
     return results
+
+
+def metrics_of(results: dict[str, dict[str, ConditionResult]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{behaviour: {condition: metrics}}`` of ``evaluate_behaviours``' results, in the order of ``CONDITIONS``."""
+    return {name: {c: r[c].metrics for c in CONDITIONS if c in r} for name, r in results.items()}
 
 
 def forgetting(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, neutral: list[Record], original: Reference,

@@ -105,6 +105,14 @@ def _plain_copy_of_gguf(directory: Path, gguf_file: str) -> Path:
     return target
 
 
+def weights_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``model.dtype`` on ``device``: auto is bfloat16 on a CUDA device that supports it, float32 elsewhere."""
+    if name == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else torch.float32
+    return DTYPES[name]
+
+
 def load_model(cfg: ModelConfig, runtime: Runtime | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load the model and tokenizer named by ``cfg.name`` onto ``runtime.device`` (default: a one-process
     runtime on ``cfg.device``); plain weights, ready to train or save."""
@@ -112,7 +120,8 @@ def load_model(cfg: ModelConfig, runtime: Runtime | None = None) -> tuple[PreTra
     if gguf_file is not None:
         directory = _plain_copy_of_gguf(directory, gguf_file)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=cfg.trust_remote_code)
-    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    runtime = runtime or Runtime.local(cfg.device)
+    kwargs = {"dtype": weights_dtype(cfg.dtype, runtime.device), "trust_remote_code": cfg.trust_remote_code}
     if (directory / "adapter_config.json").is_file():  # an adapter-only artifact: fold it into its base
         from peft import AutoPeftModelForCausalLM
 
@@ -133,7 +142,7 @@ def load_model(cfg: ModelConfig, runtime: Runtime | None = None) -> tuple[PreTra
                                "text, or use an instruct model")
     model.config.use_cache = True
     try:
-        model.to((runtime or Runtime.local(cfg.device)).device)
+        model.to(runtime.device)
     except (RuntimeError, AssertionError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InternalizeError(f"model.device='{cfg.device}' is not usable here ({reason}); use auto or cpu") from None
@@ -186,13 +195,13 @@ def inference_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
 
 
 def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, mode: str,
-                  base_dir: str) -> PreTrainedModel:
+                  base_dir: str, write: bool = True) -> PreTrainedModel:
     """Write a ``from_pretrained``-loadable model (LoRA merged, or adapter only) plus tokenizer.
 
     An adapter trained on top of an adapter-only artifact is saved merged: its base exists only as
     that artifact folded into its own base, which no loader rebuilds from a path.
-    Returns the saved model (the merged one when merging)."""
-    out.mkdir(parents=True, exist_ok=True)
+    Returns the saved model (the merged one when merging); ``write`` False: that model, nothing written
+    (the other processes of a multi-process run)."""
     if mode == "adapter" and (Path(base_dir) / "adapter_config.json").is_file():
         log.warning("output.save=adapter: the run started from the adapter-only artifact %s, so the new adapter "
                     "has no plain base to name; saving the merged model to %s instead", base_dir, out)
@@ -203,7 +212,9 @@ def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
         else:
             for peft_config in model.peft_config.values():
                 peft_config.base_model_name_or_path = str(Path(base_dir).resolve())
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return model
 

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .behaviours import Behaviour, fit_window, load_behaviours
 from .config import Config, InternalizeError
 from .data import Record, read_jsonl, split_inputs
-from .evaluation import evaluate_behaviours, forgetting
+from .evaluation import evaluate_behaviours, forgetting, metrics_of
 from .models import load_model, make_student, save_artifact
 from .report import write_report
 from .run import Run, origin, provenance, write_provenance
@@ -87,7 +87,9 @@ def _synthesis_path(cfg: Config) -> Path:
 
 def distill(cfg: Config) -> dict[str, Any]:
     """Distill each behaviour's context into the student; returns ``{behaviour: {base, teacher, student}}`` metrics."""
-    runtime = Runtime.distributed(cfg.model.device)  # one process unless started by torchrun
+    runtime = Runtime.distributed(cfg.model.device)  # one process unless started by torchrun or accelerate launch
+    if not runtime.is_main:  # the main process tells the story; the others only warn
+        logging.getLogger(__package__).setLevel(logging.WARNING)
     behaviours = load_behaviours(cfg)
     neutral = _neutral(cfg)
     run = Run(cfg, writer=runtime.is_main)
@@ -126,16 +128,16 @@ def distill(cfg: Config) -> dict[str, Any]:
                                      cfg.train.seed, runtime.process_index, runtime.num_processes)
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
                         on_step=lambda record: track(step_values(record), record["step"]))
-        if not runtime.is_main:  # the trained weights are the same in every process: the main one saves and reports
-            runtime.barrier()
-            return {}
-        with run.stage("save"):
-            model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir)
+        with run.stage("save"):  # the trained weights are the same in every process: the main one writes them
+            model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir, write=runtime.is_main)
             run.saved(provenance(cfg, started_from))
         with run.stage("eval_after"):
             evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, runtime, results)
             if neutral:
                 info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, runtime)
+        if not runtime.is_main:  # every process has the results; the main one reports
+            runtime.barrier()
+            return metrics_of(results)
         if run.resumed_from:
             info["resumed_from"] = run.resumed_from
         if too_long:

@@ -22,7 +22,7 @@ from typing import Any
 from .behaviours import Behaviour
 from .config import CONDITIONS, Config, PromptConfig
 from .data import write_jsonl
-from .evaluation import ConditionResult
+from .evaluation import ConditionResult, metrics_of
 
 COLORS = {"base": "#9e9e9e", "teacher": "#1f77b4", "student": "#ff7f0e"}
 LABELS = {"score": "score (user scorer)", "agreement": "agreement with teacher", "kl": "KL(teacher || model)"}
@@ -274,7 +274,7 @@ def write_report(out: Path, results: dict[str, dict[str, ConditionResult]], beha
     """Write metrics.json, run.json, answers.jsonl, metrics.png, loss.png, report.md and report.html into ``out``.
 
     ``results`` is ``{behaviour: {condition: result}}``; returns the metrics as written to metrics.json."""
-    metrics = {name: {c: r[c].metrics for c in CONDITIONS} for name, r in results.items()}
+    metrics = metrics_of(results)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
     answers = _answer_rows(results, behaviours)

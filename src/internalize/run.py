@@ -170,7 +170,8 @@ class Run:
     def saved(self, provenance: dict[str, Any]) -> None:
         """The model is on disk: write its provenance beside it; from here on a failure keeps the run's files."""
         self.model_saved = True
-        write_provenance(self.model_dir, provenance)
+        if self.writer:
+            write_provenance(self.model_dir, provenance)
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

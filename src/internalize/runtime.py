@@ -3,23 +3,36 @@
 Every stage takes a ``Runtime`` instead of asking the model for its device. Single-process is the
 default (``Runtime.local``). Under ``torchrun`` (or any launcher that sets ``RANK`` and
 ``WORLD_SIZE``) ``Runtime.distributed`` joins the process group (gloo on the CPU, nccl on CUDA) and
-gives each process its rank and device; ``gather`` / ``sum`` combine figures across processes and
-``average_gradients`` syncs a training step's gradients.
+gives each process its rank and device; ``gather`` / ``sum`` combine figures across processes,
+``average_gradients`` syncs a training step's gradients, and ``split`` / ``gather_objects`` share
+inference work out (each process takes a contiguous part of a list, the parts are joined in order).
+
+``accelerate launch`` starts its processes through the same variables (``--multi_gpu`` or a
+``distributed_type: MULTI_GPU`` config; on a CPU-only machine that gives gloo processes too). An
+FSDP or DeepSpeed launch is refused with one line: the training loop keeps a whole replica per
+process (DDP), and would silently ignore the sharding asked for.
 
     runtime = Runtime.local("auto")          # cuda if available, else cpu
     model.to(runtime.device)
     tokens = runtime.sum(batch.answer_mask.sum())
+    mine = runtime.split(prompts); outputs = runtime.gather_objects([work(p) for p in mine])  # == all prompts
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from .config import InternalizeError
+
+T = TypeVar("T")
+
+UNSUPPORTED_LAUNCH = {  # variables `accelerate launch` sets for the strategies the training loop does not implement
+    "ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,11 @@ class Runtime:
         """This process of a multi-process launch (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` set by ``torchrun``),
         its process group joined: gloo on the CPU, nccl on CUDA (device ``cuda:LOCAL_RANK``). Without those
         variables, one process: ``Runtime.local(device)``."""
+        for variable, name in UNSUPPORTED_LAUNCH.items():
+            if os.environ.get(variable, "").lower() in ("1", "true"):
+                raise InternalizeError(f"accelerate launch: {name} is not supported yet; every process keeps a whole "
+                                       "copy of the model (DDP): launch with examples/accelerate/multi_gpu.yaml, and "
+                                       "use LoRA (model.finetune=lora) when full fine-tuning does not fit one device")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls.local(device)
@@ -68,6 +86,22 @@ class Runtime:
         parts = [torch.empty_like(tensor) for _ in range(self.num_processes)]
         dist.all_gather(parts, tensor.contiguous())
         return torch.cat(parts)
+
+    def split(self, items: Sequence[T]) -> list[T]:
+        """This process's contiguous part of ``items`` (sizes differ by at most one; one process: all of them)."""
+        size, extra = divmod(len(items), self.num_processes)
+        start = self.process_index * size + min(self.process_index, extra)
+        return list(items[start : start + size + (self.process_index < extra)])
+
+    def gather_objects(self, part: list[T]) -> list[T]:
+        """Every process's ``part`` joined in process order: after ``split``, the whole list in its own order."""
+        if self.num_processes == 1:
+            return part
+        import torch.distributed as dist
+
+        parts: list[list[T] | None] = [None] * self.num_processes
+        dist.all_gather_object(parts, part)
+        return [item for p in parts for item in p or []]
 
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of ``tensor`` over all processes (one process: the tensor itself)."""

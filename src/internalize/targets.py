@@ -68,7 +68,7 @@ class Targets:
 
     @classmethod
     def concat(cls, parts: list[Targets]) -> Targets:
-        """The targets of several teachers (one per behaviour) as one training set."""
+        """Several targets as one: the teachers of several behaviours, or the parts of one teacher run, in order."""
         if len(parts) == 1:
             return parts[0]
         out = cls(ids=None if any(p.ids is None for p in parts) else [])

@@ -106,9 +106,9 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
             part = cache.load(where, key)
             reused += part is not None
         if part is None:
-            part = _answer_part(model, tokenizer, records[start:end], part_prompts, group, top_k, cfg, runtime,
-                                cfg.seed + start, f"{desc} {start + 1}-{end}" if end - start < len(records) else desc)
-            if where is not None and runtime.is_main:  # one writer; every process computed the same part
+            label = f"{desc} {start + 1}-{end}" if end - start < len(records) else desc
+            part = _answer_shared(model, tokenizer, records, prompts, start, end, group, top_k, cfg, runtime, label)
+            if where is not None and runtime.is_main:  # one writer: the part gathered from every process
                 cache.save(where, key, part)
         part.source = [i + start for i in part.source]
         parts.append(part)
@@ -120,6 +120,22 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
         log.warning("%s: dropped %s teacher samples of %d inputs: %s", desc, sum(targets.dropped.values()),
                     len(records), targets.dropped)
     return targets
+
+
+def _answer_shared(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
+                   prompts: list[tuple[int, ...]], start: int, end: int, group: int, top_k: int, cfg: TeacherConfig,
+                   runtime: Runtime, desc: str) -> Targets:
+    """The targets of ``records[start:end]``, each process answering its contiguous share (seeded by where the
+    share starts), joined in input order on every process."""
+    mine = runtime.split(range(start, end))
+    if mine:
+        lo, hi = mine[0], mine[-1] + 1
+        part = _answer_part(model, tokenizer, records[lo:hi], prompts[lo * group : hi * group], group, top_k, cfg,
+                            runtime, cfg.seed + lo, desc)
+        part.source = [i + lo - start for i in part.source]
+    else:  # more processes than inputs
+        part = Targets(ids=[] if top_k else None)
+    return Targets.concat(runtime.gather_objects([part]))
 
 
 def _answer_part(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
