@@ -52,6 +52,11 @@ WORKER = textwrap.dedent('''
     share = runtime.split(list(range(5)))
     assert share == ([0, 1, 2] if runtime.is_main else [3, 4]), share
     assert runtime.gather_objects([str(i) for i in share]) == ["0", "1", "2", "3", "4"]  # joined in order everywhere
+    sharded, _ = load_model(ModelConfig(name=model_dir, device="cpu"), runtime)
+    whole = sum(p.numel() for p in sharded.parameters())
+    Runtime(runtime.device, runtime.process_index, 2, fsdp=True).shard(sharded)  # FSDP2: each process keeps half
+    local = sum(p.to_local().numel() for p in sharded.parameters())
+    assert abs(local - whole / 2) <= whole * 0.01, (local, whole)
     model, tok = load_model(ModelConfig(name=model_dir, device="cpu"), runtime)
     torch.manual_seed(0)  # the same LoRA initialisation in every process
     student = make_student(model, ModelConfig(name="unused", **LORA))
@@ -121,12 +126,14 @@ def echo_model_dir(tmp_path_factory) -> Path:
     return out
 
 
-def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_model_dir, tmp_path):
-    """``accelerate launch --config_file examples/accelerate/multi_gpu.yaml -m internalize distill`` (on this CPU-only
-    machine: two gloo processes): each process answers half the teacher's inputs and half the held-out and neutral
-    inputs, trains on its share of the micro-batches with synced gradients; the main process saves and reports. The
-    same updates, metrics, forgetting check, answers and weights as one process with twice the gradient accumulation
-    (the model's answers differ from input to input: parts joined out of order would put them on the wrong inputs)."""
+@pytest.mark.parametrize(("launch", "finetune"), [("multi_gpu", "lora"), ("fsdp", "full")])
+def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_model_dir, tmp_path, launch, finetune):
+    """``accelerate launch --config_file examples/accelerate/{multi_gpu,fsdp}.yaml -m internalize distill`` (on this
+    CPU-only machine: two gloo processes): each process answers half the teacher's inputs, trains on its share of
+    the micro-batches with synced gradients (FSDP: on its shard of the weights, gathered for saving), and evaluates
+    half the held-out and neutral inputs (FSDP: all of them, in step); the main process saves and reports. The same
+    updates, metrics, forgetting check, answers and weights as one process with twice the gradient accumulation (the
+    model's answers differ from input to input: parts joined out of order would put them on the wrong inputs)."""
     from conftest import tiny_config_dict, write_yaml
 
     from internalize import distill
@@ -135,13 +142,14 @@ def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_mode
     neutral = tmp_path / "neutral.jsonl"  # 5 prompts: the processes get 3 and 2
     neutral.write_text("".join(json.dumps({"input": text}) + "\n" for text in TINY_INPUTS[:5]))
     raw = tiny_config_dict(echo_model_dir, tmp_path / "two")
+    raw["model"]["finetune"] = finetune
     raw["train"].update(max_steps=0, epochs=2, batch_size=2, grad_accum=1, length_buckets=1)
     raw["teacher"]["cache_dir"] = str(tmp_path / "cache")
     raw["eval"]["neutral_file"] = str(neutral)
     path = write_yaml(tmp_path / "two.yaml", raw)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                          str(EXAMPLES / "multi_gpu.yaml"), "--main_process_port", str(_free_port()), "-m",
+                          str(EXAMPLES / f"{launch}.yaml"), "--main_process_port", str(_free_port()), "-m",
                           "internalize", "-q", "distill", str(path)], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -160,6 +168,8 @@ def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_mode
             assert abs(two["main"][condition][key] - value) < 1e-5, (condition, key)
     info = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("one", "two")}
     assert info["two"]["steps"] == info["one"]["steps"] == 4  # 8 answers, 4 per step (2 x 2 or 1 x 2 x 2), 2 epochs
+    assert (info["two"]["processes"], info["one"]["processes"], info["one"]["sharding"]) == (2, 1, "none")
+    assert info["two"]["sharding"] == ("fsdp" if launch == "fsdp" else "data parallel")
     for key, value in info["one"]["forgetting"].items():
         assert abs(info["two"]["forgetting"][key] - value) < 1e-5, key
     answers = [(tmp_path / name / "answers.jsonl").read_text() for name in ("one", "two")]
@@ -170,13 +180,16 @@ def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_mode
         torch.testing.assert_close(b[name], value, rtol=0, atol=1e-5)
 
 
-def test_the_example_accelerate_configs_parse_as_data_parallel_configs():
+def test_the_example_accelerate_configs_parse():
     from accelerate.commands.config.config_args import ClusterConfig
 
     files = sorted(EXAMPLES.glob("*.yaml"))
-    assert [f.name for f in files] == ["multi_gpu.yaml", "multi_node.yaml"]
+    assert [f.name for f in files] == ["fsdp.yaml", "multi_gpu.yaml", "multi_node.yaml"]
     for f in files:
         cfg = ClusterConfig.from_yaml_file(f)
-        assert cfg.distributed_type.value == "MULTI_GPU" and cfg.num_processes >= 2 and cfg.mixed_precision == "no"
-        assert not cfg.use_cpu and cfg.fsdp_config == {} and cfg.deepspeed_config == {}
+        kind = "FSDP" if f.name == "fsdp.yaml" else "MULTI_GPU"
+        assert cfg.distributed_type.value == kind and cfg.num_processes >= 2 and cfg.mixed_precision == "no"
+        assert not cfg.use_cpu and cfg.deepspeed_config == {} and bool(cfg.fsdp_config) == (kind == "FSDP")
         assert f"--config_file examples/accelerate/{f.name}" in f.read_text()  # the command to run it, at the top
+    fsdp = ClusterConfig.from_yaml_file(EXAMPLES / "fsdp.yaml").fsdp_config
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"

@@ -39,10 +39,38 @@ def test_split_gives_each_process_a_contiguous_share_and_the_shares_make_the_who
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
 
 
-@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_a_launch_asking_for_sharding_the_loop_does_not_do_is_refused(monkeypatch, variable):
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_MEGATRON_LM"])
+def test_a_launch_asking_for_a_strategy_the_loop_does_not_do_is_refused(monkeypatch, variable):
     monkeypatch.setenv(variable, "true")
-    with pytest.raises(InternalizeError, match="not supported yet.*multi_gpu.yaml"):
+    with pytest.raises(InternalizeError, match="not supported yet.*fsdp.yaml.*multi_gpu.yaml"):
         Runtime.distributed("cpu")
     monkeypatch.setenv(variable, "false")
     assert Runtime.distributed("cpu").num_processes == 1
+
+
+def test_without_fsdp_sharding_changes_nothing_and_the_weights_stay_whole(tiny):
+    model, _ = tiny
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    runtime = Runtime.local("cpu")
+    runtime.shard(model)
+    assert runtime.full_state_dict(model) is None
+    assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
+    assert runtime.alone == runtime
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"model.finetune": "lora"}, "FSDP shards full fine-tuning: set model.finetune=full"),
+    ({"model.finetune": "full", "train.save_every": 2}, "checkpoints are not written under FSDP yet"),
+])
+def test_what_fsdp_does_not_do_yet_is_refused_before_anything_runs(tiny_model_dir, tmp_path, overrides, message):
+    from conftest import tiny_config_dict
+
+    from internalize.config import config_from_dict
+    from internalize.pipeline import _check_fsdp
+
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        raw[section][name] = value
+    with pytest.raises(InternalizeError, match=message):
+        _check_fsdp(config_from_dict(raw))

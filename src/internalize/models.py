@@ -195,13 +195,15 @@ def inference_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
 
 
 def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, mode: str,
-                  base_dir: str, write: bool = True) -> PreTrainedModel:
+                  base_dir: str, write: bool = True, state_dict: dict[str, torch.Tensor] | None = None,
+                  ) -> PreTrainedModel:
     """Write a ``from_pretrained``-loadable model (LoRA merged, or adapter only) plus tokenizer.
 
     An adapter trained on top of an adapter-only artifact is saved merged: its base exists only as
     that artifact folded into its own base, which no loader rebuilds from a path.
     Returns the saved model (the merged one when merging); ``write`` False: that model, nothing written
-    (the other processes of a multi-process run)."""
+    (the other processes of a multi-process run). ``state_dict``: the weights to write, when the model's own are
+    sharded (FSDP, full fine-tuning)."""
     if mode == "adapter" and (Path(base_dir) / "adapter_config.json").is_file():
         log.warning("output.save=adapter: the run started from the adapter-only artifact %s, so the new adapter "
                     "has no plain base to name; saving the merged model to %s instead", base_dir, out)
@@ -214,7 +216,7 @@ def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ou
                 peft_config.base_model_name_or_path = str(Path(base_dir).resolve())
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=state_dict)
         tokenizer.save_pretrained(out)
     return model
 

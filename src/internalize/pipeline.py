@@ -85,6 +85,17 @@ def _synthesis_path(cfg: Config) -> Path:
     return Path(cfg.data.synthesize.output or Path(cfg.output.dir) / "synthesized.jsonl")
 
 
+def _check_fsdp(cfg: Config) -> None:
+    """What an FSDP launch does not do yet, refused before anything runs."""
+    if cfg.model.finetune != "full":
+        raise InternalizeError("accelerate launch with FSDP shards full fine-tuning: set model.finetune=full, or "
+                               "launch LoRA with examples/accelerate/multi_gpu.yaml (its weights are frozen, a copy "
+                               "per process costs no optimizer state)")
+    if cfg.train.save_every or cfg.output.resume:
+        raise InternalizeError("train.save_every / --resume: checkpoints are not written under FSDP yet; set "
+                               "train.save_every=0 (or launch with examples/accelerate/multi_gpu.yaml)")
+
+
 def distill(cfg: Config) -> dict[str, Any]:
     """Distill each behaviour's context into the student; returns ``{behaviour: {base, teacher, student}}`` metrics."""
     runtime = Runtime.distributed(cfg.model.device)  # one process unless started by torchrun or accelerate launch
@@ -92,6 +103,8 @@ def distill(cfg: Config) -> dict[str, Any]:
         logging.getLogger(__package__).setLevel(logging.WARNING)
     behaviours = load_behaviours(cfg)
     neutral = _neutral(cfg)
+    if runtime.fsdp:
+        _check_fsdp(cfg)
     run = Run(cfg, writer=runtime.is_main)
     synthesizing = behaviours[0].train is None
     if synthesizing:
@@ -125,16 +138,19 @@ def distill(cfg: Config) -> dict[str, Any]:
                                           runtime)
         with run.stage("train"):
             batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
-                                     cfg.train.seed, runtime.process_index, runtime.num_processes)
+                                     cfg.train.seed, runtime.process_index, runtime.num_processes,
+                                     share_prefix=not runtime.fsdp)
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
                         on_step=lambda record: track(step_values(record), record["step"]))
         with run.stage("save"):  # the trained weights are the same in every process: the main one writes them
-            model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir, write=runtime.is_main)
+            model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir, write=runtime.is_main,
+                                  state_dict=runtime.full_state_dict(model))
             run.saved(provenance(cfg, started_from))
         with run.stage("eval_after"):
-            evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, runtime, results)
+            after = runtime.alone if runtime.fsdp else runtime  # sharded weights: every process runs every input
+            evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, after, results)
             if neutral:
-                info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, runtime)
+                info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, after)
         if not runtime.is_main:  # every process has the results; the main one reports
             runtime.barrier()
             return metrics_of(results)
@@ -146,7 +162,9 @@ def distill(cfg: Config) -> dict[str, Any]:
             "started_from": started_from,
             "train_inputs": sum(len(b.train) for b in behaviours), "train_answers": len(targets),
             "eval_inputs": sum(len(b.held_out) for b in behaviours), "dropped": targets.dropped,
-            "steps": state.step, "timings": run.timings, "total_s": round(sum(run.timings.values()), 2),
+            "steps": state.step, "processes": runtime.num_processes,
+            "sharding": "fsdp" if runtime.fsdp else "data parallel" if runtime.num_processes > 1 else "none",
+            "timings": run.timings, "total_s": round(sum(run.timings.values()), 2),
             "teacher_cache": {"hit": targets.cache_hit, "dir": str(cache_dir(cfg.teacher) or ""),
                               "bytes_per_answer_token": targets.bytes_per_token(),
                               "full_vocabulary_bytes_per_token": 4 * model.config.vocab_size},

@@ -8,9 +8,11 @@ gives each process its rank and device; ``gather`` / ``sum`` combine figures acr
 inference work out (each process takes a contiguous part of a list, the parts are joined in order).
 
 ``accelerate launch`` starts its processes through the same variables (``--multi_gpu`` or a
-``distributed_type: MULTI_GPU`` config; on a CPU-only machine that gives gloo processes too). An
-FSDP or DeepSpeed launch is refused with one line: the training loop keeps a whole replica per
-process (DDP), and would silently ignore the sharding asked for.
+``distributed_type: MULTI_GPU`` config; on a CPU-only machine that gives gloo processes too). With
+an FSDP config (``ACCELERATE_USE_FSDP``) ``shard`` applies torch's FSDP2 (``fully_shard``) to each
+transformer block and to the whole model for training: parameters, gradients and AdamW states are
+split across the processes. A DeepSpeed or Megatron-LM launch is refused with one line rather than
+silently ignored.
 
     runtime = Runtime.local("auto")          # cuda if available, else cpu
     model.to(runtime.device)
@@ -32,7 +34,11 @@ from .config import InternalizeError
 T = TypeVar("T")
 
 UNSUPPORTED_LAUNCH = {  # variables `accelerate launch` sets for the strategies the training loop does not implement
-    "ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+    "ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def _env_flag(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).lower() in ("1", "true")
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,7 @@ class Runtime:
     device: torch.device
     process_index: int = 0
     num_processes: int = 1
+    fsdp: bool = False  # training shards the model across the processes (FSDP2)
 
     @classmethod
     def local(cls, device: str = "auto") -> Runtime:
@@ -57,10 +64,10 @@ class Runtime:
         its process group joined: gloo on the CPU, nccl on CUDA (device ``cuda:LOCAL_RANK``). Without those
         variables, one process: ``Runtime.local(device)``."""
         for variable, name in UNSUPPORTED_LAUNCH.items():
-            if os.environ.get(variable, "").lower() in ("1", "true"):
-                raise InternalizeError(f"accelerate launch: {name} is not supported yet; every process keeps a whole "
-                                       "copy of the model (DDP): launch with examples/accelerate/multi_gpu.yaml, and "
-                                       "use LoRA (model.finetune=lora) when full fine-tuning does not fit one device")
+            if _env_flag(variable):
+                raise InternalizeError(f"accelerate launch: {name} is not supported yet; launch with "
+                                       "examples/accelerate/fsdp.yaml to shard full fine-tuning, or with "
+                                       "examples/accelerate/multi_gpu.yaml (a whole copy per process)")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls.local(device)
@@ -70,7 +77,7 @@ class Runtime:
         where = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}") if on_cuda else torch.device("cpu")
         if not dist.is_initialized():
             dist.init_process_group("nccl" if on_cuda else "gloo")
-        return cls(where, int(os.environ["RANK"]), world)
+        return cls(where, int(os.environ["RANK"]), world, fsdp=_env_flag("ACCELERATE_USE_FSDP"))
 
     @property
     def is_main(self) -> bool:
@@ -114,8 +121,9 @@ class Runtime:
         return total
 
     def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """Replace each gradient by its mean over the processes (one process: nothing to do)."""
-        if self.num_processes == 1:
+        """Replace each gradient by its mean over the processes (one process, or FSDP, which has averaged them in its
+        reduce-scatter: nothing to do)."""
+        if self.num_processes == 1 or self.fsdp:
             return
         import torch.distributed as dist
 
@@ -124,9 +132,54 @@ class Runtime:
                 dist.all_reduce(p.grad)
                 p.grad /= self.num_processes
 
+    @property
+    def alone(self) -> Runtime:
+        """This process on its own device, sharing no work: under FSDP every process must run the same forward
+        passes (each one gathers the parameters from all), so each one evaluates every input, in step."""
+        return Runtime(self.device)
+
+    def shard(self, model: torch.nn.Module) -> None:
+        """Under FSDP, shard ``model`` in place for training: each transformer block (the model's
+        ``_no_split_modules``, or accelerate's ``FSDP_TRANSFORMER_CLS_TO_WRAP``), then the whole model, so each
+        process keeps 1/N of the parameters, gradients and optimizer states. Otherwise nothing to do."""
+        if not self.fsdp:
+            return
+        from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
+
+        names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP") or ",".join(_no_split_modules(model))
+        blocks = {name.strip() for name in names.split(",") if name.strip()}
+        options = {"reshard_after_forward": _env_flag("FSDP_RESHARD_AFTER_FORWARD", True),
+                   "offload_policy": CPUOffloadPolicy() if _env_flag("FSDP_OFFLOAD_PARAMS") else OffloadPolicy()}
+        wrapped = [m for m in model.modules() if type(m).__name__ in blocks]
+        if not wrapped:
+            raise InternalizeError(f"FSDP: no module of {sorted(blocks) or 'the model'} to shard; set "
+                                   "fsdp_transformer_layer_cls_to_wrap in the accelerate config to the model's block "
+                                   "class (e.g. LlamaDecoderLayer)")
+        for module in wrapped:
+            fully_shard(module, **options)
+        fully_shard(model, **options)
+
+    def full_state_dict(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the whole model's weights gathered onto the main process's CPU (every process must call it;
+        the others get an empty dict). Otherwise None: the model's own weights are whole."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
     def barrier(self) -> None:
         """Wait until every process gets here (one process: return at once)."""
         if self.num_processes > 1:
             import torch.distributed as dist
 
             dist.barrier()
+
+
+def _no_split_modules(model: torch.nn.Module) -> list[str]:
+    """The block classes a Hugging Face model names as never to be split (PEFT wraps it: look inside)."""
+    for module in model.modules():
+        names = getattr(module, "_no_split_modules", None)
+        if names:
+            return list(names)
+    return []

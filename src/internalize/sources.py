@@ -80,11 +80,13 @@ class OfflineBatches:
     """Endless length-bucketed epochs (``micro_batches``) over precomputed teacher targets."""
 
     def __init__(self, targets: Targets, pad_id: int, batch_size: int, buckets: int = 1, seed: int = 0,
-                 rank: int = 0, processes: int = 1) -> None:
+                 rank: int = 0, processes: int = 1, share_prefix: bool = True) -> None:
         self.targets, self.pad_id, self.batch_size, self.buckets = targets, pad_id, batch_size, buckets
         self.rank, self.processes = rank, processes  # of several processes, each takes every processes-th micro-batch
         self.num_examples = len(targets)
-        self.prefix = Prefix.shared([v.prompt_ids for v in targets.student_views])
+        # share_prefix False: each micro-batch runs its views whole (FSDP cannot backpropagate into a cache that
+        # an earlier forward pass of its sharded blocks made)
+        self.prefix = Prefix.shared([v.prompt_ids for v in targets.student_views], share=share_prefix)
         self.generator = torch.Generator().manual_seed(seed)
         self._start_epoch()
 

@@ -82,6 +82,7 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
     with each step's history record as it is made (the experiment trackers)."""
     # setup
     state = state or TrainState()
+    runtime.shard(model)  # FSDP: from here on each process holds its shard of the weights and of what trains them
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = num_steps(batches.num_examples, cfg, runtime.num_processes)
