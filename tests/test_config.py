@@ -138,6 +138,7 @@ def test_unknown_key_in_yaml_names_the_file(tmp_path):
         ("model.dtype=float16", "model.dtype='float16'"),
         ("model.lora_r=0", "model.lora_r=0"),
         ("model.lora_dropout=1", "model.lora_dropout=1"),
+        ("model.stop_strings=['']", "model.stop_strings=['']"),
         ("data.num_eval=-2", "data.num_eval=-2"),
         ("eval.scorer=nocolon", "eval.scorer='nocolon'"),
         ("output.save=zip", "output.save='zip'"),

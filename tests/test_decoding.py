@@ -12,6 +12,7 @@ from internalize.decoding import (
     Generation,
     Prefix,
     answer_logits,
+    answer_text,
     batches,
     choose_token,
     collate,
@@ -409,6 +410,44 @@ def test_generate_unfinished(tiny):
     with inference_mode(model):
         out = generate(model, tok, [prompt_ids(tok, "hi")], max_new_tokens=2, batch_size=1, device=CPU)
     assert out == [[Generation("ok", False, tuple(answer_ids(tok, "ok")[:-1]))]]
+
+
+@pytest.mark.parametrize(("strings", "text", "generated"), [
+    (["ka"], "o", "oka"), (["y", "k"], "o", "ok"), (["ay"], "ok", "okay"), (["zz"], "okay", None)])
+def test_generate_stops_at_the_first_stop_string(tiny, strings, text, generated):
+    model, tok = tiny
+    model.generation_config.stop_strings = strings
+    prompts = [prompt_ids(tok, x) for x in ("hi", "What is the capital of France?", "x")]
+    try:
+        with inference_mode(model):
+            out = generate(model, tok, prompts, max_new_tokens=8, batch_size=2, device=CPU)
+    finally:
+        model.generation_config.stop_strings = None
+    # the text before the string; generation ends as soon as the string is complete (None: at the end of turn)
+    ids = tuple(answer_ids(tok, "okay")) if generated is None else tuple(tok.convert_tokens_to_ids(list(generated)))
+    assert out == [[Generation(text, True, ids)]] * 3
+
+
+def test_a_stop_string_finishes_an_answer_the_length_limit_would_cut(tiny):
+    model, tok = tiny
+    with inference_mode(model):
+        assert not generate(model, tok, [prompt_ids(tok, "hi")], 2, 1, CPU)[0][0].finished
+        model.generation_config.stop_strings = ["k"]
+        try:
+            assert generate(model, tok, [prompt_ids(tok, "hi")], 2, 1, CPU) == [[Generation("o", True, (
+                tok.convert_tokens_to_ids("o"), tok.convert_tokens_to_ids("k")))]]
+        finally:
+            model.generation_config.stop_strings = None
+
+
+def test_answer_text_cuts_at_the_earliest_stop_string_or_token(tiny):
+    _, tok = tiny
+    ids = tok("ab\n\nInput: c", add_special_tokens=False).input_ids
+    eot = tok.eos_token_id
+    assert answer_text(tok, ids, [eot]) == ("ab\n\nInput: c", False)
+    assert answer_text(tok, ids, [eot], ["\n\n"]) == ("ab", True)
+    assert answer_text(tok, ids, [eot], ["Input:", "\n\n"]) == ("ab", True)  # the earliest, whatever the order
+    assert answer_text(tok, ids[:2] + [eot] + ids[2:], [eot], ["\n\n"]) == ("ab", True)  # the token comes first
 
 
 def test_generate_batched_equals_unbatched_with_left_padding(tiny):

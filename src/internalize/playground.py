@@ -25,7 +25,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .config import CONDITIONS, InternalizeError, ModelConfig, PromptConfig, load_config
-from .decoding import Generation, Prefix, answer_text, choose_token, collate, forward, generate
+from .decoding import Generation, Prefix, answer_text, choose_token, collate, forward, generate, stop_strings
 from .models import inference_mode, load_model
 from .runtime import Runtime
 from .views import View, prompt_ids, stop_ids
@@ -82,7 +82,8 @@ def _streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: S
               emit: Callable[[str], None]) -> Generation:
     """One prompt, generated as ``decoding.generate`` does it for a batch of one (same operations, same result),
     handing each new piece of text to ``emit`` as soon as it decodes to whole characters."""
-    stops = stop_ids(tokenizer)
+    stops, strings = stop_ids(tokenizer), stop_strings(model)
+    held = max(map(len, strings), default=1) - 1  # characters that may be the start of a stop string: not shown yet
     prefix = Prefix.shared([ids]).prefill(model, device)
     batch = collate([View(tuple(ids), ())], tokenizer.pad_token_id, len(prefix)).to(device)
     cache = prefix.expanded(model, 1) if prefix.cache is not None else DynamicCache(config=model.config)
@@ -94,9 +95,10 @@ def _streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: S
         chosen = choose_token(torch.log_softmax(logits.float(), dim=-1), do_sample, temperature, top_p)
         token = int(chosen.item())
         tokens.append(token)
-        if token in stops:
+        if token in stops or (strings and answer_text(tokenizer, tokens, stops, strings)[1]):
             break
         text = tokenizer.decode(tokens, skip_special_tokens=True).lstrip()
+        text = text[: len(text) - held]
         if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):  # whole characters only
             emit(text[len(shown):])
             shown = text
@@ -106,7 +108,7 @@ def _streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: S
         position = position + 1
         logits = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=position, cache=cache,
                        use_cache=True).logits[:, -1]
-    text, finished = answer_text(tokenizer, tokens, stops)
+    text, finished = answer_text(tokenizer, tokens, stops, strings)
     if text.startswith(shown) and len(text) > len(shown):
         emit(text[len(shown):])
     return Generation(text, finished, tuple(tokens))
