@@ -165,8 +165,9 @@ def tiny_config_dict(model_dir: Path, out_dir: Path) -> dict:
         "data": {"inputs": list(TINY_INPUTS), "num_eval": 4, "seed": 0},
         "teacher": {"context": "Answer in one word.", "max_new_tokens": 8, "top_k": 16, "batch_size": 4},
         "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-3, "seed": 0},
-        # the forgetting check (20 built-in prompts) is off: tests that check it turn it on
-        "eval": {"max_new_tokens": 8, "scorer_regex": "^ok", "batch_size": 4, "num_examples": 3, "neutral_file": ""},
+        # the forgetting and retention checks (20 and 120 built-in prompts) are off: tests that check them turn them on
+        "eval": {"max_new_tokens": 8, "scorer_regex": "^ok", "batch_size": 4, "num_examples": 3, "neutral_file": "",
+                 "retention_file": ""},
         "output": {"dir": str(out_dir)},
     }
 

@@ -4,6 +4,7 @@ keeps, the artifact's provenance, several behaviours, chains of runs, ``evaluate
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from internalize import cache, distill, evaluate_artifact, pipeline
 from internalize import run as run_module
 from internalize.config import InternalizeError, config_from_dict, load_config
-from internalize.data import load_inputs
+from internalize.data import load_inputs, read_jsonl, write_jsonl
 from internalize.run import RUN_FILES
 from internalize.teacher import answer
 
@@ -485,3 +486,65 @@ def test_a_context_that_leaves_no_room_for_an_input_is_refused(tiny_model_dir, t
                                                r"1024-token window, leaving no room"):
         distill(config_from_dict(raw))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("mode", "weights"), [("on_policy", "base"), ("mixed", "ema"), ("on_policy", "live")])
+def test_distill_on_policy_and_mixed_report_what_the_student_sampled(tiny_model_dir, tmp_path, mode, weights):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["train"].update(mode=mode, sample_max_new_tokens=3)  # short: most samples are cut off, and counted
+    raw["teacher"]["weights"] = weights
+    metrics = distill(config_from_dict(raw))
+    assert set(metrics["main"]) == {"base", "teacher", "student"}
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    o = info["on_policy"]
+    assert o["micro_batches"] == info["steps"] == 4
+    assert (o["on_policy"] == 4) if mode == "on_policy" else (0 <= o["on_policy"] <= 4)
+    assert o["samples"] == sum(min(4, n) for n in [8] * o["on_policy"])  # 4 per micro-batch (8 answers, batch 4)
+    assert o["cut_off"] == o["samples"]  # "okay" + end of turn needs 5 tokens: 3 cut every answer off
+    assert 0 < o["share_of_train_time_sampling_and_scoring"] <= 1 or o["on_policy"] == 0
+    assert "On-policy training" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_retention_check_and_rehearsal(tiny_model_dir, tmp_path):
+    questions = tmp_path / "retention.jsonl"
+    write_jsonl(questions, [{"input": "Say ok", "answer": "^ok"}, {"input": "What is 1 plus 1?", "answer": "^no$"},
+                            {"input": "Spell dog.", "answer": "kay"}])
+    prompts = tmp_path / "rehearsal.jsonl"
+    write_jsonl(prompts, [{"input": "Tell me about rain."}, {"input": "Name a fruit."}, {"input": "Hi there"}])
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["eval"]["retention_file"] = str(questions)
+    raw["train"].update(retain=0.25, retain_file=str(prompts))
+    distill(config_from_dict(raw))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["retention"] == {"n": 3, "original": pytest.approx(2 / 3), "student": info["retention"]["student"],
+                                 "kept": pytest.approx(info["retention"]["student"] / (2 / 3))}
+    assert info["rehearsal_answers"] == 2 and info["train_answers"] == 8 + 2  # 0.25 x 8 task answers
+    assert "Retention check on 3 general questions" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_rehearsal_targets_are_the_original_models_own_answers(tiny_model_dir, tmp_path):
+    from conftest import perturb_lora
+
+    from internalize.decoding import generate
+    from internalize.models import inference_mode, load_model, make_student
+    from internalize.pipeline import _rehearsal
+    from internalize.runtime import Runtime
+    from internalize.views import prompt_ids
+
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["train"]["retain"] = 0.1
+    cfg = config_from_dict(raw)
+    model, tok = load_model(cfg.model)
+    student = make_student(model, cfg.model)
+    perturb_lora(student, 0.5)  # the student as it may be mid-training: its answers are not the original's
+    rehearsal = _rehearsal(student, tok, 60, cfg, Runtime.local("cpu"))  # 0.1 x 60 answers: 6 prompts
+    plain, _ = load_model(cfg.model)
+    prompts = [prompt_ids(tok, r["input"]) for r in rehearsal.records]
+    original = generate(plain, tok, prompts, cfg.teacher.max_new_tokens, 4, "cpu")
+    assert len(rehearsal) == 6 and [r["input"] for r in rehearsal.records] == [
+        r["input"] for r in read_jsonl(Path(pipeline.__file__).with_name("rehearsal.jsonl"), "test")[:6]]
+    assert rehearsal.answers == [s[0].text for s in original]
+    with inference_mode(student):  # the test tells them apart: the perturbed student answers otherwise
+        assert [s[0].text for s in generate(student, tok, prompts, cfg.teacher.max_new_tokens, 4, "cpu")] != \
+            rehearsal.answers
+    assert [v.prompt_ids for v in rehearsal.teacher_views] == prompts  # no context: the teacher is the original

@@ -298,6 +298,11 @@ class TeacherConfig(_Section):
     batch_size: int = _help("Teacher generation and scoring batch size.", default=64)
     shard_inputs: int = _help("Inputs taught and cached as one part: a run killed in the teacher stage continues "
                               "after its last complete part.", default=256)
+    weights: str = _help("On-policy (train.mode on_policy or mixed): which weights score the student's samples, "
+                         "with the context: base (the frozen initial weights), ema (a moving average of the student's, "
+                         "teacher.ema_rate) or live (the student as it is now).", default="base")
+    ema_rate: float = _help("teacher.weights=ema: after each step, teacher = rate x teacher + (1 - rate) x student.",
+                            default=0.99)
     cache_dir: str = _help(
         "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
         "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",
@@ -316,6 +321,8 @@ class TeacherConfig(_Section):
         self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.shard_inputs >= 1, "shard_inputs", "must be >= 1")
+        self._choice("weights", ("base", "ema", "live"))
+        self._require(0.0 <= self.ema_rate <= 1.0, "ema_rate", "must be in [0, 1]")
 
     def greedy(self) -> TeacherConfig:
         """These settings with one greedy answer per input: the teacher as evaluation compares against it."""
@@ -351,6 +358,22 @@ class TrainConfig(_Section):
     keep_checkpoints: int = _help("Checkpoints kept in OUT/checkpoints (the newest ones).", default=2)
     max_bad_steps: int = _help("Steps whose loss or gradient is NaN or infinite are skipped; after this many the "
                                "run stops, keeping its last checkpoint.", default=5)
+    mode: str = _help("offline: learn the teacher's own answers, written before training; on_policy: the student "
+                      "samples answers while training and the teacher (with the context) scores exactly those tokens; "
+                      "mixed: a share of the micro-batches on-policy (train.on_policy_share), the rest offline.",
+                      default="offline")
+    on_policy_share: float = _help("mixed: the share of micro-batches the student samples, in (0, 1).", default=0.5)
+    sample_temperature: float = _help("On-policy: the student's sampling temperature.", default=1.0)
+    sample_top_p: float = _help("On-policy: the student's nucleus (top-p) for sampling.", default=1.0)
+    sample_max_new_tokens: int = _help("On-policy: the longest answer the student samples (0 = teacher.max_new_tokens); "
+                                       "answers cut off here are still trained on, and their share is reported.",
+                                       default=0)
+    retain: float = _help("Rehearsal: add the original model's own answers (no context) to general prompts "
+                          "(train.retain_file), as this share of the task's training answers, so the student keeps "
+                          "what it knew (0 = off).", default=0.0)
+    retain_file: str = _help("Rehearsal prompts: JSONL of {\"input\": ...} ('builtin': 200 general prompts shipped "
+                             "with the package, none of them in the forgetting check or the retention set).",
+                             default="builtin")
     report_to: list[str] = _help("Experiment trackers (Hugging Face Accelerate's, e.g. [tensorboard]) that receive the "
                                  "loss, learning rate and padding of every step and the evaluation metrics at the end; "
                                  "local logs go to OUT/logs ([] = off).", default_factory=list)
@@ -375,6 +398,15 @@ class TrainConfig(_Section):
         self._require(self.save_every >= 0, "save_every", "must be >= 0 (0 = no checkpoints)")
         self._require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         self._require(self.max_bad_steps >= 0, "max_bad_steps", "must be >= 0")
+        self._choice("mode", ("offline", "on_policy", "mixed"))
+        self._require(0.0 < self.on_policy_share < 1.0, "on_policy_share", "must be in (0, 1); use mode on_policy or "
+                      "offline for the ends")
+        self._require(self.sample_temperature > 0, "sample_temperature", "must be > 0")
+        self._require(0 < self.sample_top_p <= 1, "sample_top_p", "must be in (0, 1]")
+        self._require(self.sample_max_new_tokens >= 0, "sample_max_new_tokens", "must be >= 0 (0 = teacher's)")
+        self._require(self.mode == "offline" or self.targets == "teacher", "mode",
+                      "on-policy training needs a teacher to score the samples; use train.targets=teacher")
+        self._require(self.retain >= 0, "retain", "must be >= 0 (0 = off)")
         if self.report_to:  # Accelerate is imported only when trackers are asked for
             from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
             from accelerate.utils import LoggerType
@@ -393,6 +425,10 @@ class EvalConfig(_Section):
     max_new_tokens: int = _help("Longest generation per condition (base, teacher, student).", default=64)
     batch_size: int = _help("Evaluation generation batch size.", default=32)
     num_examples: int = _help("Side-by-side generations shown in the report.", default=6)
+    retention_file: str = _help("Retention check: JSONL of short questions with an answer key ({\"input\": ..., "
+                                "\"answer\": REGEX}, searched case-insensitively in the answer); the report gives "
+                                "the student's score against the original model's ('builtin': 120 general-knowledge "
+                                "questions shipped with the package; empty = off).", default="builtin")
     neutral_file: str = _help("Forgetting check: JSONL of prompts the context says nothing about; the report "
                               "compares the student with the original model on them ('builtin': 20 everyday "
                               "prompts shipped with the package; empty = off).", default="builtin")

@@ -280,7 +280,8 @@ def choose_token(logp: torch.Tensor, do_sample: bool, temperature: float, top_p:
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
              max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
-             group: int = 1, desc: str = "generate", share_prefix: bool = True) -> list[list[Generation]]:
+             group: int = 1, desc: str = "generate", share_prefix: bool = True, progress: bool = True,
+             ) -> list[list[Generation]]:
     """Generate ``num_samples`` continuations per prompt (ids) with the model on ``device``. Call under
     ``teacher_mode`` or ``inference_mode``.
 
@@ -301,7 +302,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     order = sorted(range(inputs), key=lambda i: max(map(len, prompts[i * group : (i + 1) * group])))
     results: list[list[Generation]] = [[] for _ in range(inputs)]
     contexts = torch.arange(group)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=None if progress else True):
         rows = [i for i in order[start : start + batch_size] for _ in range(num_samples)]  # one per sequence
         batch = collate([View(tuple(prompts[i * group + g]), ()) for i in rows for g in range(group)], pad,
                         len(prefix)).to(device)

@@ -10,6 +10,9 @@ The teacher's own agreement and KL are 1 and 0 by definition (its answers are th
 Under several processes each generates and scores its share of the inputs; every process gets the
 whole result.
 
+``retention`` scores a set of general questions with answer keys (the package's ``retention.jsonl``):
+the student's score against the original model's says whether it still knows what it knew.
+
 ``evaluate_behaviours`` runs a set of conditions on every behaviour; ``distill`` and
 ``evaluate_artifact`` both call it. ``forgetting`` is the check on prompts the context says nothing
 about: the student against the original model's own answers.
@@ -20,6 +23,7 @@ about: the student against the original model's own answers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +112,21 @@ def evaluate_behaviours(models: dict[str, PreTrainedModel], tokenizer: PreTraine
             results.setdefault(b.name, {})[condition] = evaluate(model, tokenizer, b.held_out, ref, cfg, condition,
                                                                  b.scorer, runtime)
     return results
+
+
+def retention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: EvalConfig,
+              runtime: Runtime, original: bool = False) -> float:
+    """The share of the retention questions the model answers right (each record's ``answer`` regex found in the
+    greedy answer, case-insensitive), with no context; ``original``: the frozen initial weights (LoRA adapters
+    off), else the weights as they are."""
+    mode = teacher_mode if original else inference_mode
+    with mode(model):
+        prompts = [prompt_ids(tokenizer, r["input"]) for r in runtime.split(records)]
+        generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
+                               desc="retention") if prompts else []
+        outputs = runtime.gather_objects([samples[0].text for samples in generations])
+    return _mean([float(re.search(r["answer"], out, re.IGNORECASE) is not None)
+                  for r, out in zip(records, outputs, strict=True)])
 
 
 def metrics_of(results: dict[str, dict[str, ConditionResult]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -236,6 +236,61 @@ def inference_mode(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
         model.train(was_training)
 
 
+class TeacherWeights:
+    """The weights that score the student's samples in on-policy training, with the context.
+
+    A copy of the trainable parameters that moves toward the student's by ``1 - rate`` after each step
+    (``step``): rate 1 keeps the initial weights (``teacher.weights=base``; with LoRA the adapters are
+    simply switched off, as for the offline teacher), 0 follows the student (``live``: no copy), anything
+    between is a moving average (``ema``). With full fine-tuning a copy holds every weight: twice the
+    model in memory.
+
+        weights = TeacherWeights(student, rate=0.99)
+        with weights.applied(student): ...   # score under the teacher's weights, eval, no_grad
+        weights.step(student)                # after the optimizer step
+    """
+
+    def __init__(self, model: PreTrainedModel, rate: float) -> None:
+        self.rate = rate
+        self.adapters_off = rate == 1.0 and hasattr(model, "disable_adapter")  # base = the adapters switched off
+        keep = rate > 0 and not self.adapters_off
+        self.copy = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad} if keep else {}
+
+    def step(self, model: PreTrainedModel) -> None:
+        """After an optimizer step: teacher = rate x teacher + (1 - rate) x student."""
+        if not self.copy or self.rate == 1.0:
+            return
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name in self.copy:
+                    self.copy[name].lerp_(p.detach(), 1.0 - self.rate)
+
+    @contextlib.contextmanager
+    def applied(self, model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+        """The model under the teacher's weights (eval, no_grad); the student's are back afterwards."""
+        if self.adapters_off:
+            with teacher_mode(model):
+                yield model
+            return
+        params = {n: p for n, p in model.named_parameters() if n in self.copy}
+        for name, p in params.items():  # swap storage, not values: no third copy
+            p.data, self.copy[name] = self.copy[name], p.data
+        try:
+            with inference_mode(model):
+                yield model
+        finally:
+            for name, p in params.items():
+                p.data, self.copy[name] = self.copy[name], p.data
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.copy)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, value in state.items():
+                self.copy[name].copy_(value)
+
+
 def save_artifact(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, mode: str,
                   base_dir: str, write: bool = True, state_dict: dict[str, torch.Tensor] | None = None,
                   ) -> PreTrainedModel:

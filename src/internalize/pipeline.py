@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +26,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .behaviours import Behaviour, fit_window, load_behaviours
 from .config import Config, InternalizeError
 from .data import Record, read_jsonl, split_inputs
-from .evaluation import evaluate_behaviours, forgetting, metrics_of
-from .models import load_model, make_student, save_artifact
+from .evaluation import evaluate_behaviours, forgetting, metrics_of, retention
+from .models import TeacherWeights, load_model, make_student, save_artifact
 from .report import write_report
 from .run import Run, origin, provenance, write_provenance
 from .runtime import Runtime
-from .sources import OfflineBatches
+from .sources import OfflineBatches, OnPolicyBatches
 from .synthesis import check_synthesis, synthesize
 from .targets import Reference, Targets
-from .teacher import answer, cache_dir, given_answers
+from .teacher import answer, cache_dir, given_answers, teacher_prompts
 from .tracking import eval_values, step_values, trackers
 from .training import fit
 
 log = logging.getLogger(__name__)
-
-def _neutral(cfg: Config) -> list[Record]:
-    """The forgetting check's prompts: the packaged set, a user file, or none."""
-    if cfg.eval.neutral_file == "builtin":
-        return read_jsonl(Path(__file__).with_name("neutral.jsonl"), "eval.neutral_file")
-    return read_jsonl(cfg.eval.neutral_file, "eval.neutral_file") if cfg.eval.neutral_file else []
-
 
 def _references(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour], cfg: Config,
                 runtime: Runtime) -> list[Reference]:
@@ -53,13 +47,44 @@ def _references(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, beha
                                           desc=f"teacher[{b.name} eval]"), len(b.held_out)) for b in behaviours]
 
 
-def _original(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, neutral: list[Record], cfg: Config,
-              runtime: Runtime) -> Reference:
-    """The original model's greedy answers and distributions on the neutral prompts (no context, whole answers)."""
-    plain = dataclasses.replace(cfg.teacher.greedy(), extractor="none", extract_pattern="",
-                                max_new_tokens=cfg.eval.max_new_tokens)
-    return Reference.from_targets(answer(model, tokenizer, neutral, None, plain, runtime, desc="base[neutral]"),
-                                  len(neutral))
+def _packaged(name: str, setting: str, key: str) -> list[Record]:
+    """A prompt set: the one shipped with the package ('builtin'), a user's JSONL file, or none ('')."""
+    if setting == "builtin":
+        return read_jsonl(Path(__file__).with_name(name), key)
+    return read_jsonl(setting, key) if setting else []
+
+
+def _own_answers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], max_new_tokens: int,
+                 cfg: Config, runtime: Runtime, desc: str) -> Targets:
+    """The original model's greedy answers and distributions to ``records`` (no context, whole answers)."""
+    plain = dataclasses.replace(cfg.teacher.greedy(), extractor="none", extract_pattern="", max_new_tokens=max_new_tokens)
+    return answer(model, tokenizer, records, None, plain, runtime, desc=desc)
+
+
+def _rehearsal(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task_answers: int, cfg: Config,
+               runtime: Runtime) -> Targets:
+    """``train.retain``: the original model's own answers to general prompts, as that share of the task's answers."""
+    prompts = _packaged("rehearsal.jsonl", cfg.train.retain_file, "train.retain_file")
+    wanted = max(1, round(cfg.train.retain * task_answers))
+    if wanted > len(prompts):
+        log.warning("train.retain=%s asks for %d rehearsal answers; train.retain_file has %d prompts: using them all",
+                    cfg.train.retain, wanted, len(prompts))
+    return _own_answers(model, tokenizer, prompts[:wanted], cfg.teacher.max_new_tokens, cfg, runtime,
+                        "base[rehearsal]")
+
+
+def _teacher_prompts(tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour], taught: list[Targets],
+                     rehearsal: Targets | None) -> list[tuple[int, ...]]:
+    """For on-policy training, the prompt the teacher scores each target's samples after: its behaviour's context and
+    the input (a rehearsal target: the input alone, as the original model answered it)."""
+    prompts: list[tuple[int, ...]] = []
+    for b, t in zip(behaviours, taught, strict=True):
+        mine, group = teacher_prompts(tokenizer, b.train, b.prompt)
+        if group > 1:
+            raise InternalizeError(f"train.mode=on_policy/mixed: behaviour '{b.name}' averages several contexts "
+                                   "(prompt.combine: average), which on-policy scoring does not do; use combine: route")
+        prompts += [mine[i] for i in t.source]
+    return prompts + ([v.prompt_ids for v in rehearsal.student_views] if rehearsal is not None else [])
 
 
 def _targets(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour], cfg: Config,
@@ -85,6 +110,28 @@ def _synthesis_path(cfg: Config) -> Path:
     return Path(cfg.data.synthesize.output or Path(cfg.output.dir) / "synthesized.jsonl")
 
 
+def _check_retention(questions: list[Record]) -> list[Record]:
+    """The retention questions, each with a valid ``answer`` regex (one line naming the first that has none)."""
+    for i, q in enumerate(questions):
+        try:
+            re.compile(q["answer"])
+        except (KeyError, TypeError, re.error) as e:
+            raise InternalizeError(f"eval.retention_file: record {i + 1} needs an 'answer' regex ({e!s}); write "
+                                   "{\"input\": QUESTION, \"answer\": REGEX} on every line") from None
+    return questions
+
+
+def _retained(original: float, student: float, n: int) -> dict[str, Any]:
+    """The retention check as reported: both scores, and the share of the original's the student keeps."""
+    return {"n": n, "original": original, "student": student, "kept": student / original if original else None}
+
+
+def _on_policy_info(stats: dict[str, Any], train_s: float) -> dict[str, Any]:
+    """What on-policy training did: micro-batches sampled, answers cut off, and the share of time it took."""
+    return {**stats, "share_cut_off": stats["cut_off"] / max(stats["samples"], 1),
+            "share_of_train_time_sampling_and_scoring": (stats["sample_s"] + stats["score_s"]) / max(train_s, 1e-9)}
+
+
 def _check_fsdp(cfg: Config) -> None:
     """What an FSDP launch does not do yet, refused before anything runs."""
     if cfg.model.finetune != "full":
@@ -94,6 +141,9 @@ def _check_fsdp(cfg: Config) -> None:
     if cfg.train.save_every or cfg.output.resume:
         raise InternalizeError("train.save_every / --resume: checkpoints are not written under FSDP yet; set "
                                "train.save_every=0 (or launch with examples/accelerate/multi_gpu.yaml)")
+    if cfg.train.mode != "offline":
+        raise InternalizeError("train.mode=on_policy/mixed is not run under FSDP yet (each process samples answers of "
+                               "its own lengths); launch with examples/accelerate/multi_gpu.yaml")
 
 
 def distill(cfg: Config) -> dict[str, Any]:
@@ -102,7 +152,8 @@ def distill(cfg: Config) -> dict[str, Any]:
     if not runtime.is_main:  # the main process tells the story; the others only warn
         logging.getLogger(__package__).setLevel(logging.WARNING)
     behaviours = load_behaviours(cfg)
-    neutral = _neutral(cfg)
+    neutral = _packaged("neutral.jsonl", cfg.eval.neutral_file, "eval.neutral_file")
+    questions = _check_retention(_packaged("retention.jsonl", cfg.eval.retention_file, "eval.retention_file"))
     if runtime.fsdp:
         _check_fsdp(cfg)
     run = Run(cfg, writer=runtime.is_main)
@@ -127,21 +178,41 @@ def distill(cfg: Config) -> dict[str, Any]:
         model = make_student(model, cfg.model)
         with run.stage("teacher"):
             taught = _targets(model, tokenizer, behaviours, cfg, runtime)
-            targets = Targets.concat(taught)
+            rehearsal = (_rehearsal(model, tokenizer, sum(map(len, taught)), cfg, runtime) if cfg.train.retain
+                         else None)
+            targets = Targets.concat(taught + ([rehearsal] if rehearsal is not None else []))
         with run.stage("reference"):
             references = _references(model, tokenizer, behaviours, cfg, runtime)
         if neutral:  # the original model's own answers: what the student should not lose
             with run.stage("neutral_before"):
-                original = _original(model, tokenizer, neutral, cfg, runtime)
+                original = Reference.from_targets(_own_answers(model, tokenizer, neutral, cfg.eval.max_new_tokens, cfg,
+                                                               runtime, "base[neutral]"), len(neutral))
         with run.stage("eval_before"):
             results = evaluate_behaviours({"base": model, "teacher": model}, tokenizer, behaviours, references, cfg.eval,
                                           runtime)
+            if questions:  # the original model's score on the retention questions
+                before = retention(model, tokenizer, questions, cfg.eval, runtime, original=True)
         with run.stage("train"):
             batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
                                      cfg.train.seed, runtime.process_index, runtime.num_processes,
                                      share_prefix=not runtime.fsdp)
+            weights = None
+            if cfg.train.mode != "offline":
+                rate = {"base": 1.0, "ema": cfg.teacher.ema_rate, "live": 0.0}[cfg.teacher.weights]
+                weights = TeacherWeights(model, rate)
+                batches = OnPolicyBatches(batches, model, tokenizer, _teacher_prompts(tokenizer, behaviours, taught,
+                                          rehearsal), weights, cfg.train, cfg.teacher, runtime,
+                                          1.0 if cfg.train.mode == "on_policy" else cfg.train.on_policy_share)
+
+            def on_step(record: dict[str, Any]) -> None:
+                if weights is not None:
+                    weights.step(model)  # ema: the teacher moves toward the student
+                track(step_values(record), record["step"])
+
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
-                        on_step=lambda record: track(step_values(record), record["step"]))
+                        on_step=on_step)
+        if isinstance(batches, OnPolicyBatches):
+            info["on_policy"] = _on_policy_info(batches.stats, run.timings["train"])
         with run.stage("save"):  # the trained weights are the same in every process: the main one writes them
             model = save_artifact(model, tokenizer, run.model_dir, cfg.output.save, base_dir, write=runtime.is_main,
                                   state_dict=runtime.full_state_dict(model))
@@ -151,6 +222,9 @@ def distill(cfg: Config) -> dict[str, Any]:
             evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, after, results)
             if neutral:
                 info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, after)
+            if questions:
+                info["retention"] = _retained(before, retention(model, tokenizer, questions, cfg.eval, after),
+                                              len(questions))
         if not runtime.is_main:  # every process has the results; the main one reports
             runtime.barrier()
             return metrics_of(results)
@@ -161,6 +235,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         info |= {
             "started_from": started_from,
             "train_inputs": sum(len(b.train) for b in behaviours), "train_answers": len(targets),
+            "rehearsal_answers": len(rehearsal) if rehearsal is not None else 0,
             "eval_inputs": sum(len(b.held_out) for b in behaviours), "dropped": targets.dropped,
             "steps": state.step, "processes": runtime.num_processes,
             "sharding": "fsdp" if runtime.fsdp else "data parallel" if runtime.num_processes > 1 else "none",
@@ -197,7 +272,8 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
     """Report base / teacher (``cfg.model`` without and with each behaviour's context) against a saved student."""
     runtime = Runtime.local(cfg.model.device)
     behaviours = load_behaviours(cfg, need_train=False)
-    neutral = _neutral(cfg)
+    neutral = _packaged("neutral.jsonl", cfg.eval.neutral_file, "eval.neutral_file")
+    questions = _check_retention(_packaged("retention.jsonl", cfg.eval.retention_file, "eval.retention_file"))
     run = Run(cfg)
     with run.stage("load"):
         model, tokenizer = load_model(cfg.model, runtime)
@@ -213,8 +289,14 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
                                 "timings": run.timings, **({"too_long": too_long} if too_long else {})}
         if neutral:
             with run.stage("forgetting"):
-                original = _original(model, tokenizer, neutral, cfg, runtime)
+                original = Reference.from_targets(_own_answers(model, tokenizer, neutral, cfg.eval.max_new_tokens, cfg,
+                                                               runtime, "base[neutral]"), len(neutral))
                 info["forgetting"] = forgetting(student_model, tokenizer, neutral, original, cfg.eval, runtime)
+        if questions:
+            with run.stage("retention"):
+                info["retention"] = _retained(retention(model, tokenizer, questions, cfg.eval, runtime),
+                                              retention(student_model, tokenizer, questions, cfg.eval, runtime),
+                                              len(questions))
         metrics = write_report(run.dir, results, behaviours, [], info, cfg)
         log.info("wrote %s: %s", run.dir / "report.md", summary(metrics))
     return metrics

@@ -185,6 +185,18 @@ def _notes(info: dict[str, Any]) -> list[tuple[str, str]]:
                       f"student's greedy answers equal the original model's on {f['agreement_with_original']:.0%} of "
                       f"them (100% before distillation); mean per-token KL(original || student) on the original's "
                       f"answers {f['kl_original_student']:.4f} (0 before)."))
+    if info.get("retention"):
+        r = info["retention"]
+        kept = f" ({r['kept']:.0%} of the original's score)" if r.get("kept") is not None else ""
+        notes.append(("Retention check", f"Retention check on {r['n']} general questions with answer keys "
+                      f"(`eval.retention_file`), no context: the student answers {r['student']:.0%} right, the "
+                      f"original model {r['original']:.0%}{kept}."))
+    if info.get("on_policy"):
+        o = info["on_policy"]
+        notes.append(("On-policy training", f"On-policy training: the student sampled the answers of {o['on_policy']} "
+                      f"of {o['micro_batches']} micro-batches ({o['samples']} answers, {o['share_cut_off']:.0%} cut off "
+                      f"at the length limit); sampling and scoring took "
+                      f"{o['share_of_train_time_sampling_and_scoring']:.0%} of the training time."))
     if info.get("dropped"):
         notes.append(("Dropped teacher samples", f"Teacher samples dropped: {_counts(info['dropped'])}."))
     if info.get("too_long"):

@@ -81,6 +81,17 @@ def cache_dir(cfg: TeacherConfig) -> Path | None:
     return cache_root() / "teacher" if cfg.cache_dir == "auto" else Path(cfg.cache_dir).expanduser()
 
 
+def teacher_prompts(tokenizer: PreTrainedTokenizerBase, records: list[Record], prompt: PromptConfig | None,
+                    ) -> tuple[list[tuple[int, ...]], int]:
+    """The teacher's prompt ids for ``records``, and how many there are per input (``group``): one per input (the
+    only context, or routed: input i to context i mod n), or one per context of an averaged teacher."""
+    contexts = prompt.split() if prompt is not None else [None]
+    group = len(contexts) if prompt is not None and prompt.combine == "average" else 1
+    if group > 1:
+        return [prompt_ids(tokenizer, r["input"], c) for r in records for c in contexts], group
+    return [prompt_ids(tokenizer, r["input"], contexts[i % len(contexts)]) for i, r in enumerate(records)], 1
+
+
 def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
            prompt: PromptConfig | None, cfg: TeacherConfig, runtime: Runtime, desc: str = "teacher") -> Targets:
     """Run the teacher on ``records`` (or reuse its cached run): generate, extract, keep the distributions.
@@ -89,12 +100,7 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     a run killed in the teacher stage continues after its last complete part. ``prompt`` None: the
     frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
-    contexts = prompt.split() if prompt is not None else [None]
-    group = len(contexts) if prompt is not None and prompt.combine == "average" else 1  # prompts per input, averaged
-    if group > 1:
-        prompts = [prompt_ids(tokenizer, r["input"], c) for r in records for c in contexts]
-    else:  # one context per input: the only one, or routed (input i to context i mod n)
-        prompts = [prompt_ids(tokenizer, r["input"], contexts[i % len(contexts)]) for i, r in enumerate(records)]
+    prompts, group = teacher_prompts(tokenizer, records, prompt)
     where = cache_dir(cfg)
     parts, reused = [], 0
     for start in range(0, max(len(records), 1), cfg.shard_inputs):
@@ -210,16 +216,18 @@ def given_answers(tokenizer: PreTrainedTokenizerBase, records: list[Record], pro
 
 
 def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, views: list[View], top_k: int,
-          batch_size: int, runtime: Runtime, desc: str = "teacher", group: int = 1,
-          ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+          batch_size: int, runtime: Runtime, desc: str = "teacher", group: int = 1, prefix: Prefix | None = None,
+          progress: bool = True) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The model's log-probs on each view's answer tokens: [A_i, k + 1] and [A_i, k] ids (or [A_i, V], None).
 
     Runs the model as it is (call under ``teacher_mode`` for the frozen teacher). ``group`` > 1: runs of
-    ``group`` views (one answer under several contexts) give one result, the mean."""
-    prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model, runtime.device)
+    ``group`` views (one answer under several contexts) give one result, the mean. ``prefix``: a prefilled prefix
+    every view starts with, computed by these weights (reused across calls), instead of the views' own."""
+    if prefix is None:
+        prefix = Prefix.shared([v.prompt_ids for v in views]).prefill(model, runtime.device)
     scored: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for idx, batch in tqdm(batches(views, batch_size, tokenizer.pad_token_id, len(prefix), group),
-                           desc=f"{desc}: score", unit="batch", disable=None):
+                           desc=f"{desc}: score", unit="batch", disable=None if progress else True):
         logits = answer_logits(model, batch.to(runtime.device), prefix).float()
         logp = mean_over_contexts(torch.log_softmax(logits, dim=-1), group).cpu()
         for row, i in enumerate(idx[::group]):
