@@ -62,7 +62,7 @@ def main(experiment: str, name: str, config: str, overrides: list[str]) -> None:
         "dropped": run["dropped"],
         "metrics": metrics,
     }
-    for key in ("forgetting", "started_from", "behaviours", "teacher_cache"):
+    for key in ("forgetting", "retention", "on_policy", "rehearsal_answers", "started_from", "behaviours", "teacher_cache"):
         if key in run:
             result[key] = run[key]
     results = EXPERIMENTS / experiment / "results"
