@@ -9,7 +9,7 @@ from conftest import TINY_ANSWER, TINY_INPUTS
 from internalize.behaviours import load_scorer
 from internalize.config import BehaviourConfig, EvalConfig, ModelConfig, PromptConfig, TeacherConfig
 from internalize.decoding import collate, generate
-from internalize.evaluation import _mean_kl, evaluate, forgetting
+from internalize.evaluation import evaluate, forgetting, mean_kl
 from internalize.losses import forward_kl, to_classes
 from internalize.models import make_student, teacher_mode
 from internalize.runtime import Runtime
@@ -106,7 +106,7 @@ def test_evaluate_kl_is_the_token_weighted_forward_kl(student_and_reference):
     expected = forward_kl(to_classes(logits, pad_stack(targets.ids, length)), pad_stack(targets.logp, length),
                           batch.answer_mask)
     with torch.no_grad():
-        got = _mean_kl(student, tok, reference, 3, CPU)  # several batches, token-weighted
+        got = mean_kl(student, tok, reference.targets, 3, CPU)  # several batches, token-weighted
     assert got == pytest.approx(expected.item(), rel=1e-4, abs=1e-7)
 
 

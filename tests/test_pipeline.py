@@ -548,3 +548,13 @@ def test_rehearsal_targets_are_the_original_models_own_answers(tiny_model_dir, t
         assert [s[0].text for s in generate(student, tok, prompts, cfg.teacher.max_new_tokens, 4, "cpu")] != \
             rehearsal.answers
     assert [v.prompt_ids for v in rehearsal.teacher_views] == prompts  # no context: the teacher is the original
+
+
+def test_distill_with_a_validation_split_keeps_the_best_weights_it_measured(tiny_model_dir, tmp_path):
+    raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
+    raw["train"].update(max_steps=6, batch_size=2, validation=0.25, validate_every=2, patience=0)
+    distill(config_from_dict(raw))
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["validation_answers"] == 2 and info["train_answers"] == 6  # 2 of the 8 training inputs held out
+    assert info["best_step"] in (2, 4, 6) and info["best_val_kl"] >= 0
+    assert (tmp_path / "run" / "loss.png").is_file()

@@ -56,6 +56,9 @@ def test_schedule_constant_and_no_warmup():
         (10, TrainConfig(epochs=1, batch_size=4, grad_accum=2), 2),
         (3, TrainConfig(epochs=3, batch_size=8), 3),
         (0, TrainConfig(epochs=2, batch_size=8), 2),
+        (10, TrainConfig(epochs=1, batch_size=4, min_steps=8), 8),  # few inputs: more epochs, up to min_steps
+        (100, TrainConfig(epochs=1, batch_size=4, min_steps=8), 25),
+        (10, TrainConfig(max_steps=5, min_steps=8), 5),  # max_steps says it all
     ],
 )
 def test_num_steps(n, cfg, expected):
@@ -329,3 +332,36 @@ def test_too_many_bad_steps_stop_the_run_with_a_clear_message(tiny):
     source = _Poisoned(_targets(tok), tok.pad_token_id, 2, 1, 0, bad={2, 3, 5})
     with pytest.raises(InternalizeError, match=r"train: 3 steps had a NaN or infinite loss .*train\.max_bad_steps=2"):
         fit(student, source, cfg, CPU)
+
+
+@pytest.mark.parametrize("patience", [2, 0])
+def test_fit_keeps_the_best_validated_weights_and_stops_when_they_stop_improving(tiny, patience):
+    model, tok = tiny
+    torch.manual_seed(0)
+    student = make_student(model, LORA)
+    cfg = TrainConfig(max_steps=10, batch_size=2, lr=2e-2, seed=0, length_buckets=1, validate_every=2,
+                      patience=patience)
+    scripted = iter([3.0, 2.0, 2.5, 2.6, 2.7])  # best at the second measurement (step 4), worse after it
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    def validate() -> float:
+        step = len(seen) * 2 + 2
+        seen[step] = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
+        return next(scripted)
+
+    state = fit(student, OfflineBatches(_targets(tok), tok.pad_token_id, 2, 1, 0), cfg, CPU, validate=validate)
+    assert [h["step"] for h in state.history if "val_kl" in h] == list(seen) == (
+        [2, 4, 6, 8] if patience else [2, 4, 6, 8, 10])
+    assert state.step == (8 if patience else 10)  # stopped after two measurements without a better KL
+    assert state.best["step"] == 4 and state.best["kl"] == 2.0
+    for name, p in student.named_parameters():
+        if p.requires_grad:  # the weights of step 4, not of the last step
+            assert torch.equal(p, seen[4][name]) and not torch.equal(p, seen[max(seen)][name])
+
+
+def test_fit_without_validation_keeps_no_best_weights(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    state = fit(student, OfflineBatches(_targets(tok), tok.pad_token_id, 2, 1, 0),
+                TrainConfig(max_steps=3, batch_size=2, seed=0), CPU)
+    assert state.best is None and all("val_kl" not in h for h in state.history)

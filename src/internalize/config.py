@@ -358,6 +358,16 @@ class TrainConfig(_Section):
     keep_checkpoints: int = _help("Checkpoints kept in OUT/checkpoints (the newest ones).", default=2)
     max_bad_steps: int = _help("Steps whose loss or gradient is NaN or infinite are skipped; after this many the "
                                "run stops, keeping its last checkpoint.", default=5)
+    min_steps: int = _help("At least this many optimizer steps: with few inputs, more epochs (0 = as epochs give).",
+                           default=0)
+    validation: float = _help("Hold out this share of the training inputs (at least one) as a validation split: "
+                              "the student's KL to the teacher there is measured during training "
+                              "(train.validate_every), the best weights are kept, and training stops after "
+                              "train.patience measurements without improvement (0 = off).", default=0.0)
+    validate_every: int = _help("With train.validation: measure every this many steps (0 = ten times a run).",
+                                default=0)
+    patience: int = _help("With train.validation: stop after this many measurements without a better KL "
+                          "(0 = never stop early; the best weights are still kept).", default=3)
     mode: str = _help("offline: learn the teacher's own answers, written before training; on_policy: the student "
                       "samples answers while training and the teacher (with the context) scores exactly those tokens; "
                       "mixed: a share of the micro-batches on-policy (train.on_policy_share), the rest offline.",
@@ -398,6 +408,10 @@ class TrainConfig(_Section):
         self._require(self.save_every >= 0, "save_every", "must be >= 0 (0 = no checkpoints)")
         self._require(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         self._require(self.max_bad_steps >= 0, "max_bad_steps", "must be >= 0")
+        self._require(self.min_steps >= 0, "min_steps", "must be >= 0")
+        self._require(0.0 <= self.validation < 1.0, "validation", "must be in [0, 1) (0 = off)")
+        self._require(self.validate_every >= 0, "validate_every", "must be >= 0 (0 = ten times a run)")
+        self._require(self.patience >= 0, "patience", "must be >= 0 (0 = never stop early)")
         self._choice("mode", ("offline", "on_policy", "mixed"))
         self._require(0.0 < self.on_policy_share < 1.0, "on_policy_share", "must be in (0, 1); use mode on_policy or "
                       "offline for the ends")

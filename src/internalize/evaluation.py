@@ -37,7 +37,7 @@ from .decoding import Prefix, answer_logits, batches, generate
 from .losses import forward_kl, to_classes
 from .models import inference_mode, teacher_mode
 from .runtime import Runtime
-from .targets import Reference
+from .targets import Reference, Targets
 from .views import prompt_ids
 
 
@@ -51,11 +51,10 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, reference: Reference, batch_size: int,
-             runtime: Runtime) -> float:
-    """Token-weighted mean KL(teacher || model) over the reference answers (student view), each process taking its
-    share of the answers."""
-    targets = reference.targets
+def mean_kl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Targets, batch_size: int,
+            runtime: Runtime) -> float:
+    """Token-weighted mean KL(teacher || model) over the teacher's answers (student view), each process taking its
+    share of the answers. Runs the model as it is (call under ``inference_mode``)."""
     mine = runtime.split(range(len(targets)))
     views = [targets.student_views[i] for i in mine]
     total, count = 0.0, 0
@@ -93,7 +92,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
             outputs = runtime.gather_objects([samples[0].text for samples in generations])
             metrics["agreement"] = _mean([float(out == ref) for out, ref in zip(outputs, reference.answers, strict=True)
                                           if ref is not None])
-            metrics["kl"] = (_mean_kl(model, tokenizer, reference, cfg.batch_size, runtime)
+            metrics["kl"] = (mean_kl(model, tokenizer, reference.targets, cfg.batch_size, runtime)
                              if len(reference.targets) else 0.0)
     if scorer is not None:
         metrics["score"] = _mean([scorer(r, out) for r, out in zip(records, outputs, strict=True)])

@@ -26,8 +26,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .behaviours import Behaviour, fit_window, load_behaviours
 from .config import Config, InternalizeError
 from .data import Record, read_jsonl, split_inputs
-from .evaluation import evaluate_behaviours, forgetting, metrics_of, retention
-from .models import TeacherWeights, load_model, make_student, save_artifact
+from .evaluation import evaluate_behaviours, forgetting, mean_kl, metrics_of, retention
+from .models import TeacherWeights, inference_mode, load_model, make_student, save_artifact
 from .report import write_report
 from .run import Run, origin, provenance, write_provenance
 from .runtime import Runtime
@@ -178,6 +178,10 @@ def distill(cfg: Config) -> dict[str, Any]:
         model = make_student(model, cfg.model)
         with run.stage("teacher"):
             taught = _targets(model, tokenizer, behaviours, cfg, runtime)
+            validation = None
+            if cfg.train.validation:  # a share of each behaviour's inputs: measured during training, never trained on
+                splits = [t.split(cfg.train.validation, cfg.train.seed) for t in taught]
+                taught, validation = [t for t, _ in splits], Targets.concat([v for _, v in splits])
             rehearsal = (_rehearsal(model, tokenizer, sum(map(len, taught)), cfg, runtime) if cfg.train.retain
                          else None)
             targets = Targets.concat(taught + ([rehearsal] if rehearsal is not None else []))
@@ -209,8 +213,13 @@ def distill(cfg: Config) -> dict[str, Any]:
                     weights.step(model)  # ema: the teacher moves toward the student
                 track(step_values(record), record["step"])
 
+            def validate() -> float:
+                with inference_mode(model):
+                    return mean_kl(model, tokenizer, validation, cfg.eval.batch_size,
+                                   runtime.alone if runtime.fsdp else runtime)
+
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
-                        on_step=on_step)
+                        on_step=on_step, validate=validate if validation is not None else None)
         if isinstance(batches, OnPolicyBatches):
             info["on_policy"] = _on_policy_info(batches.stats, run.timings["train"])
         with run.stage("save"):  # the trained weights are the same in every process: the main one writes them
@@ -236,6 +245,8 @@ def distill(cfg: Config) -> dict[str, Any]:
             "started_from": started_from,
             "train_inputs": sum(len(b.train) for b in behaviours), "train_answers": len(targets),
             "rehearsal_answers": len(rehearsal) if rehearsal is not None else 0,
+            "validation_answers": len(validation) if validation is not None else 0,
+            **({"best_step": state.best["step"], "best_val_kl": state.best["kl"]} if state.best else {}),
             "eval_inputs": sum(len(b.held_out) for b in behaviours), "dropped": targets.dropped,
             "steps": state.step, "processes": runtime.num_processes,
             "sharding": "fsdp" if runtime.fsdp else "data parallel" if runtime.num_processes > 1 else "none",

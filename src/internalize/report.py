@@ -67,10 +67,14 @@ def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".")
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], marker=".", label="training loss")
+    measured = [h for h in history if "val_kl" in h]
+    if measured:  # train.validation: the student's KL to the teacher on the validation split
+        ax.plot([h["step"] for h in measured], [h["val_kl"] for h in measured], marker="o", label="validation KL")
+        ax.legend()
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title("student training loss")
+    ax.set_ylabel("loss / KL per token")
+    ax.set_title("student training loss" + (" and validation KL" if measured else ""))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

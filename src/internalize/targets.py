@@ -21,6 +21,7 @@ the same classes.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +82,22 @@ class Targets:
                 out.dropped[reason] = out.dropped.get(reason, 0) + n
         out.cache_hit = all(p.cache_hit for p in parts)
         return out
+
+    def subset(self, keep: list[int]) -> Targets:
+        """The targets ``keep`` (indices), in that order."""
+        out = Targets(ids=None if self.ids is None else [self.ids[i] for i in keep], dropped=dict(self.dropped),
+                      cache_hit=self.cache_hit)
+        for name in ("records", "source", "generations", "answers", "teacher_views", "student_views", "logp"):
+            setattr(out, name, [getattr(self, name)[i] for i in keep])
+        return out
+
+    def split(self, share: float, seed: int) -> tuple[Targets, Targets]:
+        """(the rest, a validation split): the targets of ``share`` of the inputs (at least one, at random, seeded),
+        so that no input has answers on both sides."""
+        inputs = sorted(set(self.source))
+        chosen = set(random.Random(seed).sample(inputs, max(1, round(share * len(inputs))))) if inputs else set()
+        return (self.subset([i for i, s in enumerate(self.source) if s not in chosen]),
+                self.subset([i for i, s in enumerate(self.source) if s in chosen]))
 
     def keep(self, record: Record, source: int, generation: str, answer: str, view: View,
              student_prompt: tuple[int, ...], logp: torch.Tensor | None, ids: torch.Tensor | None = None) -> None:

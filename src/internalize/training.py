@@ -13,7 +13,9 @@ history, and the optimizer's, scheduler's, source's and random number generator'
 ``train.save_every`` steps (and at the last) ``on_checkpoint`` receives it (``checkpoint.save``
 writes it), and ``on_step`` receives each step's history record as it is made (the experiment
 trackers). A step whose loss or gradient is NaN or infinite is skipped (no update), logged with
-its inputs, and after ``train.max_bad_steps`` of them the run stops with a one-line error.
+its inputs, and after ``train.max_bad_steps`` of them the run stops with a one-line error. With a
+validation measure (``validate``), the best weights seen are the ones the run ends with, and it
+stops early once they stop improving (``train.patience``).
 
     state = fit(student, OfflineBatches(targets, pad_id, 8, 16), cfg.train, runtime)
     state.history  # [{step, loss, lr, padding}, ...]
@@ -52,6 +54,8 @@ class TrainState:
     batches: dict[str, Any] | None = None
     rng: torch.Tensor | None = None  # torch's CPU generator (dropout, sampling)
     cuda_rng: list[torch.Tensor] | None = None  # each CUDA device's generator, when there are any
+    best: dict[str, Any] | None = None  # with validation: {"step", "kl", "weights"} of the best measurement so far
+    stale: int = 0  # measurements since the best one
 
 
 def _schedule(step: int, total: int, warmup: int, kind: str) -> float:
@@ -68,18 +72,23 @@ def num_steps(num_examples: int, cfg: TrainConfig, processes: int = 1) -> int:
     ``batch_size`` x ``grad_accum`` examples on each of ``processes``)."""
     if cfg.max_steps:
         return cfg.max_steps
-    return cfg.epochs * max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum * processes)))
+    per_epoch = max(1, math.ceil(num_examples / (cfg.batch_size * cfg.grad_accum * processes)))
+    return max(cfg.epochs * per_epoch, cfg.min_steps)
 
 
 def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime: Runtime,
         state: TrainState | None = None, stop_at: int | None = None,
         on_checkpoint: Callable[[TrainState], None] | None = None,
-        on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainState:
+        on_step: Callable[[dict[str, Any]], None] | None = None,
+        validate: Callable[[], float] | None = None) -> TrainState:
     """Train ``model`` in place from ``state`` (default: a fresh start) to the last step, or to ``stop_at``.
 
     Returns the state after the last step taken; passing it back (with the same model) continues the run.
     ``on_checkpoint`` is called with the state every ``cfg.save_every`` steps and at the last step; ``on_step``
-    with each step's history record as it is made (the experiment trackers)."""
+    with each step's history record as it is made (the experiment trackers). ``validate`` (the student's KL to
+    the teacher on a validation split) runs every ``cfg.validate_every`` steps and at the last: the weights of the
+    best measurement are kept and put back at the end, and after ``cfg.patience`` measurements without a better
+    one training stops early."""
     # setup
     state = state or TrainState()
     runtime.shard(model)  # FSDP: from here on each process holds its shard of the weights and of what trains them
@@ -107,6 +116,8 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
         state.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         return state
 
+    every = cfg.validate_every or max(1, total // 10)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     model.train()
     first = state.step
     bad = 0
@@ -152,6 +163,17 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
             record["skipped"] = True
         state.history.append(record)
         state.step = step + 1
+        stop = False
+        if validate is not None and (state.step % every == 0 or state.step == end):
+            record["val_kl"] = validate()
+            if state.best is None or record["val_kl"] < state.best["kl"]:
+                state.best = {"step": state.step, "kl": record["val_kl"],
+                              "weights": {n: p.detach().clone() for n, p in trainable.items()}}
+                state.stale = 0
+            else:
+                state.stale += 1
+                stop = bool(cfg.patience) and state.stale >= cfg.patience
+            model.train()
         if on_step is not None:
             on_step(record)
         if on_checkpoint is not None and cfg.save_every and (state.step % cfg.save_every == 0 or state.step == total):
@@ -161,5 +183,15 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
             elapsed = time.perf_counter() - started
             log.info("step %d/%d, loss %.4f, %.0f s, about %.0f s left", step + 1, total, record["loss"], elapsed,
                      elapsed / (step + 1 - first) * (end - step - 1))
+        if stop:
+            log.info("validation KL has not improved for %d measurements: stopping at step %d of %d", state.stale,
+                     state.step, total)
+            break
+    if state.best is not None and state.best["step"] != state.step:
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(state.best["weights"][name])
+        log.info("kept the weights of step %d (validation KL %.4f; %.4f at step %d)", state.best["step"],
+                 state.best["kl"], state.history[-1].get("val_kl", float("nan")), state.step)
     model.eval()
     return snapshot()
