@@ -551,3 +551,10 @@ def test_scorer_is_imported_from_the_config_files_directory(tmp_path, monkeypatc
     finally:
         sys.modules.pop(module, None)
     assert sys.path == before
+
+
+@pytest.mark.parametrize("brk", list("\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"))
+def test_an_error_quoting_any_line_break_stays_one_line(brk):
+    # hypothesis found a form feed in a key name splitting the CLI's one line in two
+    message = str(InternalizeError(f"unknown config key 'a{brk}b'"))
+    assert len(message.splitlines()) == 1 and repr(brk)[1:-1] in message

@@ -55,7 +55,9 @@ def test_without_fsdp_sharding_changes_nothing_and_the_weights_stay_whole(tiny):
     runtime.shard(model)
     assert runtime.full_state_dict(model) is None
     assert all(torch.equal(before[n], p) for n, p in model.state_dict().items())
-    assert runtime.alone == runtime
+    assert runtime.after_sharding is runtime
+    sharded = Runtime(torch.device("cpu"), process_index=1, num_processes=2, fsdp=True)
+    assert sharded.after_sharding == Runtime(torch.device("cpu"))  # every input, in step: no work shared
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

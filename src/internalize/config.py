@@ -23,12 +23,14 @@ from typing import Any
 
 import yaml
 
+_ESCAPED_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}  # str.splitlines' breaks
+
 
 class InternalizeError(Exception):
     """A user-facing error: one line naming the file, field or line and the fix (CLI exit 2)."""
 
-    def __str__(self) -> str:  # one line, whatever text of the user's it quotes
-        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+    def __str__(self) -> str:  # one line, whatever text of the user's it quotes: every line break escaped
+        return super().__str__().translate(_ESCAPED_BREAKS)
 
 
 def _help(text: str, **kw: Any) -> Any:

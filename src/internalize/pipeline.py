@@ -121,6 +121,21 @@ def _check_retention(questions: list[Record]) -> list[Record]:
     return questions
 
 
+def _source(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, targets: Targets, behaviours: list[Behaviour],
+            taught: list[Targets], rehearsal: Targets | None, cfg: Config, runtime: Runtime,
+            ) -> tuple[OfflineBatches | OnPolicyBatches, TeacherWeights | None]:
+    """What ``fit`` trains on (``train.mode``): the targets as they are, or the student's samples scored by the
+    teacher (all micro-batches, or a share of them), with the teacher's weights (None offline)."""
+    offline = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
+                             cfg.train.seed, runtime.process_index, runtime.num_processes, share_prefix=not runtime.fsdp)
+    if cfg.train.mode == "offline":
+        return offline, None
+    weights = TeacherWeights(model, {"base": 1.0, "ema": cfg.teacher.ema_rate, "live": 0.0}[cfg.teacher.weights])
+    share = 1.0 if cfg.train.mode == "on_policy" else cfg.train.on_policy_share
+    return OnPolicyBatches(offline, model, tokenizer, _teacher_prompts(tokenizer, behaviours, taught, rehearsal),
+                           weights, cfg.train, cfg.teacher, runtime, share), weights
+
+
 def _retained(original: float, student: float, n: int) -> dict[str, Any]:
     """The retention check as reported: both scores, and the share of the original's the student keeps."""
     return {"n": n, "original": original, "student": student, "kept": student / original if original else None}
@@ -197,16 +212,7 @@ def distill(cfg: Config) -> dict[str, Any]:
             if questions:  # the original model's score on the retention questions
                 before = retention(model, tokenizer, questions, cfg.eval, runtime, original=True)
         with run.stage("train"):
-            batches = OfflineBatches(targets, tokenizer.pad_token_id, cfg.train.batch_size, cfg.train.length_buckets,
-                                     cfg.train.seed, runtime.process_index, runtime.num_processes,
-                                     share_prefix=not runtime.fsdp)
-            weights = None
-            if cfg.train.mode != "offline":
-                rate = {"base": 1.0, "ema": cfg.teacher.ema_rate, "live": 0.0}[cfg.teacher.weights]
-                weights = TeacherWeights(model, rate)
-                batches = OnPolicyBatches(batches, model, tokenizer, _teacher_prompts(tokenizer, behaviours, taught,
-                                          rehearsal), weights, cfg.train, cfg.teacher, runtime,
-                                          1.0 if cfg.train.mode == "on_policy" else cfg.train.on_policy_share)
+            batches, weights = _source(model, tokenizer, targets, behaviours, taught, rehearsal, cfg, runtime)
 
             def on_step(record: dict[str, Any]) -> None:
                 if weights is not None:
@@ -215,8 +221,7 @@ def distill(cfg: Config) -> dict[str, Any]:
 
             def validate() -> float:
                 with inference_mode(model):
-                    return mean_kl(model, tokenizer, validation, cfg.eval.batch_size,
-                                   runtime.alone if runtime.fsdp else runtime)
+                    return mean_kl(model, tokenizer, validation, cfg.eval.batch_size, runtime.after_sharding)
 
             state = fit(model, batches, cfg.train, runtime, run.resume_state(model), on_checkpoint=run.checkpointer(model),
                         on_step=on_step, validate=validate if validation is not None else None)
@@ -227,7 +232,7 @@ def distill(cfg: Config) -> dict[str, Any]:
                                   state_dict=runtime.full_state_dict(model))
             run.saved(provenance(cfg, started_from))
         with run.stage("eval_after"):
-            after = runtime.alone if runtime.fsdp else runtime  # sharded weights: every process runs every input
+            after = runtime.after_sharding  # FSDP: every process runs every input
             evaluate_behaviours({"student": model}, tokenizer, behaviours, references, cfg.eval, after, results)
             if neutral:
                 info["forgetting"] = forgetting(model, tokenizer, neutral, original, cfg.eval, after)

@@ -133,10 +133,11 @@ class Runtime:
                 p.grad /= self.num_processes
 
     @property
-    def alone(self) -> Runtime:
-        """This process on its own device, sharing no work: under FSDP every process must run the same forward
-        passes (each one gathers the parameters from all), so each one evaluates every input, in step."""
-        return Runtime(self.device)
+    def after_sharding(self) -> Runtime:
+        """The runtime to run a model ``shard`` has sharded: under FSDP every process must run the same forward
+        passes (each gathers the parameters from all), so each takes every input, in step, sharing no work;
+        otherwise this runtime."""
+        return Runtime(self.device) if self.fsdp else self
 
     def shard(self, model: torch.nn.Module) -> None:
         """Under FSDP, shard ``model`` in place for training: each transformer block (the model's
