@@ -92,7 +92,8 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
     # setup
     state = state or TrainState()
     runtime.shard(model)  # FSDP: from here on each process holds its shard of the weights and of what trains them
-    params = [p for p in model.parameters() if p.requires_grad]
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(trainable.values())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     total = num_steps(batches.num_examples, cfg, runtime.num_processes)
     warmup = int(cfg.warmup_ratio * total)
@@ -117,7 +118,6 @@ def fit(model: PreTrainedModel, batches: BatchSource, cfg: TrainConfig, runtime:
         return state
 
     every = cfg.validate_every or max(1, total // 10)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     model.train()
     first = state.step
     bad = 0
