@@ -5,7 +5,10 @@ rehearsal, and gives for each group the mean (and range, over the seeds it has) 
 score, the share of the teacher's gain the student recovers ((student - base) / (teacher - base)),
 the retention score kept (student / original model, 120 general questions), KL(original || student)
 on the neutral prompts, the wall time and the share of training time spent sampling and scoring.
-Writes ``results/summary.md`` and ``results/summary.png``.
+With ``results/dev.json`` (``dev_eval.py``: every run's student on dev splits no report uses), it adds
+each group's dev gain and dev retention kept and chooses, per task, the arm with the largest
+min(dev gain recovered, dev retention kept) (each capped at 100%; ties: the faster), then reports
+that arm's test figures. Writes ``results/summary.md`` and ``results/summary.png``.
 
     python experiments/onpolicy/summarize.py
 """
@@ -55,23 +58,55 @@ def _fmt(values: list[float], percent: bool = False, digits: int = 3) -> str:
     return one(mean) if len(values) == 1 else f"{one(mean)} ({one(min(values))}-{one(max(values))})"
 
 
+def _dev(records: list[dict], dev: dict) -> dict[str, list[float]]:
+    """The group's dev gain recovered and dev retention kept, over the seeds dev.json scored."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        got = dev.get("runs", {}).get(r["name"])
+        if got is not None:
+            out["gain"].append(got["gain_recovered"])
+            out["kept"].append(got["retention_kept"])
+    return out
+
+
+def _choice(rows: list[tuple], task: str) -> tuple | None:
+    """The task's arm with the largest min(dev gain, dev kept), each capped at 1; ties go to the faster arm."""
+    scored = [(min(1.0, statistics.fmean(d["gain"])), min(1.0, statistics.fmean(d["kept"])), row)
+              for row in rows if row[0] == task and (d := row[4])["gain"]]
+    if not scored:
+        return None
+    return max(scored, key=lambda s: (min(s[0], s[1]), -statistics.fmean(s[2][3]["wall_s"])))[2]
+
+
 def main() -> None:
     groups: dict[tuple[str, str, float], list[dict]] = defaultdict(list)
     for path in sorted(RESULTS.glob("*.json")):
-        record = json.loads(path.read_text())
+        if path.name == "dev.json":
+            continue
+        record = json.loads(path.read_text()) | {"name": path.stem}
         groups[_group(record)].append(record)
+    dev = json.loads((RESULTS / "dev.json").read_text()) if (RESULTS / "dev.json").exists() else {}
     lines = ["| task | mode | rehearsal | seeds | held-out score | teacher's gain recovered | retention kept | "
-             "KL(original ‖ student), neutral | wall time (s) | training time sampling + scoring | samples cut off |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "KL(original ‖ student), neutral | wall time (s) | training time sampling + scoring | samples cut off | "
+             "dev: gain recovered | dev: retention kept |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for (task, mode, retain), records in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2],
                                                                                MODES.index(kv[0][1]))):
-        r = _row(records)
-        rows.append((task, mode, retain, r))
+        r, d = _row(records), _dev(records, dev)
+        rows.append((task, mode, retain, r, d))
         lines.append(f"| {task} | {mode} | {retain if retain else 'off'} | {len(records)} | "
                      f"{_fmt(r['score'], True)} | {_fmt(r['gain'], True)} | {_fmt(r['kept'], True)} | "
                      f"{_fmt(r['kl_neutral'])} | {_fmt(r['wall_s'], digits=0)} | {_fmt(r['sampling'], True)} | "
-                     f"{_fmt(r['cut_off'], True)} |")
+                     f"{_fmt(r['cut_off'], True)} | {_fmt(d['gain'], True) if d['gain'] else '-'} | "
+                     f"{_fmt(d['kept'], True) if d['kept'] else '-'} |")
+    for task in ("over", "weather"):
+        chosen = _choice(rows, task)
+        if chosen is not None:
+            t, mode, retain, r, d = chosen
+            lines.append(f"\n**{task}: chosen on dev** {mode}, rehearsal {retain if retain else 'off'} (dev: gain "
+                         f"{_fmt(d['gain'], True)}, retention kept {_fmt(d['kept'], True)}); **test**: gain "
+                         f"{_fmt(r['gain'], True)}, retention kept {_fmt(r['kept'], True)}, {len(r['score'])} seed(s).")
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -81,7 +116,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for task, mode, retain, r in rows:
+    for task, mode, retain, r, _ in rows:
         x, y = statistics.fmean(r["kept"]), statistics.fmean(r["gain"])
         ax.scatter(x, y, marker="o" if task == "over" else "s", s=60,
                    color={"offline": "tab:blue", "on_policy": "tab:orange", "mixed": "tab:green"}[mode],
