@@ -159,8 +159,7 @@ def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int],
         prefix = Prefix.shared(prompts)
         with teacher_mode(model):
             start = time.perf_counter()
-            with engine.use_engine_attention(model):
-                engine.prefill(model, prefix.ids, device)
+            engine.prefill(model, prefix.ids, device)
             static_prefill = time.perf_counter() - start
             start = time.perf_counter()
             prefix.prefill(model, device)

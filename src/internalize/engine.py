@@ -28,7 +28,7 @@ from contextvars import ContextVar
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AttentionInterface, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, DynamicCache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .decoding import Generation, Prefix, answer_text, choose_token, mean_over_contexts, stop_strings
 from .targets import topk_with_tail
@@ -179,13 +179,12 @@ def _forward(model: PreTrainedModel, buffer: KVBuffer, tokens: torch.Tensor, slo
 
 def prefill(model: PreTrainedModel, ids: Sequence[int], device: torch.device | str,
             ) -> dict[int, tuple[torch.Tensor, torch.Tensor]] | None:
-    """The prefix's keys and values per layer, ``[1, Hkv, P, D]`` each (None for no prefix). Call inside
-    ``use_engine_attention``."""
+    """The prefix's keys and values per layer, ``[1, Hkv, P, D]`` each (None for no prefix), computed by the model's
+    own attention (one unpadded sequence: its masks, sliding windows included, are exact)."""
     if not ids:
         return None
-    buffer = KVBuffer(1, len(ids))
-    _forward(model, buffer, torch.tensor([ids], device=device), torch.arange(len(ids), device=device)[None], len(ids))
-    return {i: (buffer.keys[i][:, :, : len(ids)], buffer.values[i][:, :, : len(ids)]) for i in buffer.keys}
+    out = model(input_ids=torch.tensor([ids], device=device), cache=DynamicCache(), use_cache=True, logits_to_keep=1)
+    return {i: (layer.keys, layer.values) for i, layer in enumerate(out.cache.layers)}
 
 
 class _Kept:
@@ -234,7 +233,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              ) -> list[list[Generation]]:
     """``decoding.generate``'s contract (see there), run by this engine: ``batch_size`` inputs (times
     ``num_samples``, each with ``group`` context rows) decode at once, and a finished one's rows take the next
-    waiting input at the next step. Inputs are taken shortest first."""
+    waiting input at the next step. Inputs are taken shortest prompt first (measured a little faster on the main
+    job than longest first)."""
     stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id or 0
     stop = torch.tensor(stops, device=device)
     inputs = len(prompts) // group
@@ -248,8 +248,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     width = min(batch_size * num_samples, len(waiting))  # units (input, sample) decoding at once
     length = max(len(p) for p in prompts) - skip + max_new_tokens
     bar = tqdm(total=len(waiting), desc=desc, unit="answer", disable=None if progress else True)
+    prefix = prefill(model, prefix_ids, device)
     with use_engine_attention(model):
-        buffer = KVBuffer(width * group, length, prefill(model, prefix_ids, device))
+        buffer = KVBuffer(width * group, length, prefix)
         kept = _Kept(width, max_new_tokens, device)
         holder: list[int | None] = [None] * width  # the input each unit slot decodes (None: free)
         count = [0] * width  # tokens generated per unit slot
