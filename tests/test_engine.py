@@ -79,7 +79,7 @@ def test_sampling_is_seeded_and_scores_the_sampled_tokens(tiny):
         for _ in range(2):
             torch.manual_seed(3)
             runs.append(generate(student, tok, prompts, max_new_tokens=8, batch_size=3, device=CPU, do_sample=True,
-                                 temperature=1.5, distributions=0, num_samples=2))
+                                 temperature=1.5, distributions=0, num_samples=2, engine="static"))
     _same(*runs)
     for samples in runs[0]:
         for g in samples:  # full-vocabulary log-probs: each sampled token's own is among them
@@ -115,7 +115,7 @@ def test_the_prefix_is_kept_once_and_the_cache_written_in_place(tiny, monkeypatc
 
     monkeypatch.setattr(engine.KVBuffer, "update", update)
     with inference_mode(student):
-        generate(student, tok, prompts, max_new_tokens=10, batch_size=4, device=CPU)
+        generate(student, tok, prompts, max_new_tokens=10, batch_size=4, device=CPU, engine="static")
     assert len(seen) > 10
     for before, after in zip(seen, seen[1:], strict=False):  # a new buffer only when the batch shrank once nothing waited
         assert before[0] == after[0] or after[1][0] < before[1][0]
@@ -132,7 +132,7 @@ def test_finished_rows_are_refilled_from_waiting_inputs(tiny, monkeypatch):
     monkeypatch.setattr(engine, "_forward", lambda m, b, tokens, *a, **k: calls.append(tuple(tokens.shape))
                         or real(m, b, tokens, *a, **k))
     with inference_mode(student):
-        out = generate(student, tok, prompts, max_new_tokens=10, batch_size=3, device=CPU)
+        out = generate(student, tok, prompts, max_new_tokens=10, batch_size=3, device=CPU, engine="static")
     lengths = [len(s[0].ids) for s in out]
     decode = [c for c in calls if c[1] == 1]
     refills = [c for c in calls[1:] if c[1] > 1]  # after the first three prompts
@@ -147,9 +147,11 @@ def test_large_distributions_wait_on_the_cpu_and_stay_equal(tiny, monkeypatch):
     student, tok = _student(tiny)
     prompts = _prompts(tok)[:5]
     with inference_mode(student):
-        on_device = generate(student, tok, prompts, max_new_tokens=6, batch_size=2, device=CPU, distributions=0)
+        on_device = generate(student, tok, prompts, max_new_tokens=6, batch_size=2, device=CPU, distributions=0,
+                             engine="static")
         monkeypatch.setattr(engine, "ON_DEVICE_BYTES", 0)
-        on_cpu = generate(student, tok, prompts, max_new_tokens=6, batch_size=2, device=CPU, distributions=0)
+        on_cpu = generate(student, tok, prompts, max_new_tokens=6, batch_size=2, device=CPU, distributions=0,
+                          engine="static")
     _same(on_device, on_cpu)
 
 
@@ -158,7 +160,7 @@ def test_the_model_attention_is_restored_even_after_an_error(tiny, monkeypatch):
     before = student.config._attn_implementation
     monkeypatch.setattr(engine, "choose_token", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with inference_mode(student), pytest.raises(RuntimeError, match="boom"):
-        generate(student, tok, _prompts(tok)[:2], max_new_tokens=4, batch_size=2, device=CPU)
+        generate(student, tok, _prompts(tok)[:2], max_new_tokens=4, batch_size=2, device=CPU, engine="static")
     assert student.config._attn_implementation == before != engine.ATTENTION
 
 

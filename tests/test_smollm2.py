@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from internalize import engine, teacher
+from internalize import teacher
 from internalize.config import ModelConfig, PromptConfig, TeacherConfig, TrainConfig
 from internalize.decoding import Prefix, answer_logits, collate, generate
 from internalize.models import load_model, make_student, teacher_mode
@@ -86,8 +86,8 @@ def test_smollm2_prefix_cache_equals_the_uncached_path(smollm2, monkeypatch):
     """The shared-context KV cache changes nothing on the real model: same answers, same distributions."""
     model, tok = smollm2
     prefixes = []  # the length of the prefix each generate call shares
-    real = engine.prefill
-    monkeypatch.setattr(engine, "prefill", lambda m, ids, d: prefixes.append(len(ids)) or real(m, ids, d))
+    real = Prefix.prefill
+    monkeypatch.setattr(Prefix, "prefill", lambda self, *a, **k: prefixes.append(len(self)) or real(self, *a, **k))
     prompt = PromptConfig(context="Answer briefly, and always end every answer with the word 'Over.'",
                           demonstrations=[{"input": "What color is the sun?", "output": "Yellow. Over."}])
     prompts = [prompt_ids(tok, q, prompt) for q in ("What is 2 + 2?", "Name a large ocean.", "Who wrote Hamlet?")]

@@ -13,9 +13,8 @@ tokens and kept distributions stay on the model's device until their row finishe
     with inference_mode():
         outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, device="cpu", distributions=128)
 
-It is what ``decoding.generate`` runs (``engine="static"``, the default); ``engine="dynamic"`` is the
-earlier loop over Hugging Face's ``DynamicCache``, kept as the reference and for models whose
-attention does not go through ``AttentionInterface``. Results are the same: greedy tokens equal,
+``decoding.generate(..., engine="static")`` runs it; the default is still the loop over Hugging Face's
+``DynamicCache`` (``decoding.generate`` says why). Results are the same: greedy tokens equal,
 log-probs to float tolerance (``tests/test_engine.py``, on the tiny families and on SmolLM2).
 """
 
