@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import TINY_INPUTS, perturb_lora
 
+from internalize import engine as static_engine
 from internalize.config import ModelConfig, PromptConfig
 from internalize.decoding import (
     Batch,
@@ -478,18 +479,24 @@ def test_generate_batched_equals_one_at_a_time_when_rows_finish_early(tiny):
         torch.testing.assert_close(mine.logp, single.logp, atol=1e-5, rtol=1e-5)
 
 
-def test_generate_without_the_prefix_cache_is_the_same(tiny, monkeypatch):
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_generate_without_the_prefix_cache_is_the_same(tiny, monkeypatch, engine):
     prefixes = []  # the prefix each generate call shares
-    real = Prefix.prefill
-    monkeypatch.setattr(Prefix, "prefill", lambda self, *a, **k: prefixes.append(len(self)) or real(self, *a, **k))
+    if engine == "dynamic":
+        real = Prefix.prefill
+        monkeypatch.setattr(Prefix, "prefill", lambda self, *a, **k: prefixes.append(len(self)) or real(self, *a, **k))
+    else:
+        real_prefill = static_engine.prefill
+        monkeypatch.setattr(static_engine, "prefill", lambda m, ids, d: prefixes.append(len(ids)) or real_prefill(m, ids, d))
     student, tok = _student(tiny)
     prompt = PromptConfig(context="Be brief.", position="system", demonstrations=DEMOS[:1])
     prompts = [prompt_ids(tok, x, prompt) for x in GEN_INPUTS]
     assert len(Prefix.shared(prompts)) > 0
     with inference_mode(student):
-        cached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, device=CPU, distributions=4)
+        cached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, device=CPU, distributions=4,
+                          engine=engine)
         uncached = generate(student, tok, prompts, max_new_tokens=8, batch_size=4, device=CPU, distributions=4,
-                            share_prefix=False)
+                            share_prefix=False, engine=engine)
     assert prefixes[0] == len(Prefix.shared(prompts)) and prefixes[1:] == [0]  # the second ran every prompt whole
     assert [[g.ids for g in s] for s in cached] == [[g.ids for g in s] for s in uncached]
     assert len({s[0].ids for s in cached}) > 1

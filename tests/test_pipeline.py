@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_INPUTS, tiny_config_dict
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from internalize import cache, distill, evaluate_artifact, pipeline
+from internalize import cache, distill, evaluate_artifact, evaluation, pipeline
 from internalize import run as run_module
 from internalize.config import InternalizeError, config_from_dict, load_config
 from internalize.data import load_inputs, read_jsonl, write_jsonl
@@ -361,11 +361,15 @@ def test_fine_tuning_on_given_outputs_learns_them_without_running_the_teacher(ti
     raw["model"]["finetune"] = "full"
     raw["train"].update(targets="data", loss="ce", max_steps=0, epochs=20, lr=1e-2, warmup_ratio=0.0)
     raw["eval"]["scorer_regex"] = "^zz$"
-    ran = []
+    ran, generated = [], []
     monkeypatch.setattr(pipeline, "answer", lambda *a, **k: ran.append(k["desc"]) or answer(*a, **k))
+    real_generate = evaluation.generate
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: generated.append(k["desc"]) or real_generate(*a, **k))
     metrics = distill(config_from_dict(raw))["main"]
     assert ran == ["teacher[main eval]"]  # the held-out reference only
     assert metrics["base"]["score"] == metrics["teacher"]["score"] == 0.0  # no context: the teacher is the base
+    assert "base" not in generated and "student" in generated  # the base answers are the reference's, not made twice
+    assert metrics["base"] == metrics["teacher"]
     assert metrics["student"]["score"] == 1.0
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["train_answers"] == len(TINY_INPUTS) - 4 and run["steps"] == 20 * 2  # 8 answers, batch 4

@@ -104,3 +104,21 @@ def test_smollm2_prefix_cache_equals_the_uncached_path(smollm2, monkeypatch):
         torch.testing.assert_close(a[0].logp, b[0].logp, **FP32)
         n = len(a[0].ids)
         torch.testing.assert_close(full[row, :n].gather(-1, a[0].top), a[0].logp[:, :-1], **FP32)
+
+
+def test_smollm2_engine_equals_the_dynamic_cache_loop(smollm2):
+    """The generation engine (prefix once, preallocated cache, rows refilled) gives today's answers and
+    distributions on the real model: 8 teacher prompts through 3 rows."""
+    model, tok = smollm2
+    prompt = PromptConfig(context="Answer briefly, and always end every answer with the word 'Over.'",
+                          demonstrations=[{"input": "What color is the sun?", "output": "Yellow. Over."}])
+    questions = ["What is 2 + 2?", "Name a large ocean.", "Who wrote Hamlet?", "What is the capital of Italy?",
+                 "How many legs does a spider have?", "Name a fruit.", "What do bees make?", "Is ice cold?"]
+    prompts = [prompt_ids(tok, q, prompt) for q in questions]
+    with teacher_mode(model):
+        static, dynamic = (generate(model, tok, prompts, 24, 3, RUNTIME.device, distributions=16, engine=e)
+                           for e in ("static", "dynamic"))
+    for (a,), (b,) in zip(static, dynamic, strict=True):
+        assert (a.ids, a.text, a.finished) == (b.ids, b.text, b.finished)
+        torch.testing.assert_close(a.logp, b.logp, **FP32)
+    assert len({len(g[0].ids) for g in static}) > 2  # rows finished at different steps

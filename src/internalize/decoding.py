@@ -12,17 +12,21 @@ re-run with gradients once per micro-batch, instead of once per sequence.
     logits = answer_logits(model, collate(views, pad_id, len(prefix)), prefix)  # [B, A, V]
     outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, device=device, distributions=128)
 
-``generate`` is greedy or sampled decoding with early exit of finished rows; with
-``distributions`` it also keeps, for every generated token, the model's log-probs (top-k plus the
-tail mass, or the full vocabulary): the teacher's distributions come free with its answers.
+``generate`` is greedy or sampled decoding; with ``distributions`` it also keeps, for every
+generated token, the model's log-probs (top-k plus the tail mass, or the full vocabulary): the
+teacher's distributions come free with its answers. By default it runs the loop below over Hugging
+Face's ``DynamicCache`` (rows leave the batch as they finish); ``engine="static"`` runs the generation
+engine of ``internalize.engine`` (the prefix's keys and values once for the whole batch, a
+preallocated cache, finished rows refilled from waiting prompts, exact with sliding windows).
 
 Sliding-window attention (Gemma 2/3, Mistral, Qwen2/3 with ``use_sliding_window``, Phi-3 with a
 window): transformers counts the window in cache slots, not positions, so padding between the
 cached prefix and a row's own tokens takes slots inside the window and hides real tokens (measured:
 answer logits off by 0.01-2 with a 16-token window). Padding at the very start, or a cached prefix
 without padding after it, is exact. So when ``sliding_window(model)`` is shorter than the sequences,
-padded batches run whole, left-padded from their first token (``answer_logits``), and ``generate``
-does not share the prefix unless its batches hold a single prompt; ``_short_window`` logs it once.
+padded batches run whole, left-padded from their first token (``answer_logits``), and the dynamic
+``generate`` does not share the prefix unless its batches hold a single prompt; ``_short_window``
+logs it once. The static engine masks by position and always shares the prefix.
 """
 
 from __future__ import annotations
@@ -281,9 +285,15 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
              group: int = 1, desc: str = "generate", share_prefix: bool = True, progress: bool = True,
-             ) -> list[list[Generation]]:
+             engine: str = "dynamic") -> list[list[Generation]]:
     """Generate ``num_samples`` continuations per prompt (ids) with the model on ``device``. Call under
     ``teacher_mode`` or ``inference_mode``.
+
+    ``engine="dynamic"`` (default): the loop below over Hugging Face's ``DynamicCache``; ``"static"``: the
+    generation engine of ``internalize.engine`` (the prefix's keys and values once, a preallocated cache, finished
+    rows refilled from waiting prompts; the dynamic loop still runs for models whose attention it cannot replace).
+    Not the default yet: a killed and resumed run then ends 2e-6 away from the uninterrupted one in its weights
+    (``tests/test_reliability.py``), unexplained, where the dynamic loop is exact.
 
     Batches are length-sorted; rows leave the batch as they finish. ``distributions``: None keeps
     no log-probs, 0 the full vocabulary, k the top-k plus the tail mass (temperature 1, as scored).
@@ -293,6 +303,13 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     With a sliding window shorter than prompt plus ``max_new_tokens``, the prefix is shared only when every batch
     holds one prompt (padding after a cached prefix would fall inside the window).
     """
+    if engine not in ("static", "dynamic"):
+        raise ValueError(f"engine must be 'static' or 'dynamic', not {engine!r}")
+    from . import engine as static  # imports this module: loaded on first use
+
+    if engine == "static" and static.supported(model):
+        return static.generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, do_sample, temperature,
+                               top_p, num_samples, distributions, group, desc, share_prefix, progress)
     stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id
     stop = torch.tensor(stops, device=device)
     if share_prefix and prompts and (batch_size > 1 or group > 1):

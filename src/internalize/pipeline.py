@@ -24,9 +24,9 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .behaviours import Behaviour, fit_window, load_behaviours
-from .config import Config, InternalizeError
+from .config import Config, InternalizeError, TeacherConfig
 from .data import Record, read_jsonl, split_inputs
-from .evaluation import evaluate_behaviours, forgetting, mean_kl, metrics_of, retention
+from .evaluation import ConditionResult, evaluate_behaviours, forgetting, mean_kl, metrics_of, retention
 from .models import TeacherWeights, inference_mode, load_model, make_student, save_artifact
 from .report import write_report
 from .run import Run, origin, provenance, write_provenance
@@ -40,11 +40,36 @@ from .training import fit
 
 log = logging.getLogger(__name__)
 
+def _teacher_is_base(behaviour: Behaviour, cfg: Config) -> bool:
+    """No context and no extractor (plain fine-tuning on the data): the teacher's answers are the base model's."""
+    prompt = behaviour.prompt
+    return not prompt.context and not prompt.demonstrations and cfg.teacher.extractor == "none"
+
+
 def _references(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour], cfg: Config,
                 runtime: Runtime) -> list[Reference]:
-    """The greedy teacher's answers on each behaviour's held-out inputs: what every condition is compared with."""
-    return [Reference.from_targets(answer(model, tokenizer, b.held_out, b.prompt, cfg.teacher.greedy(), runtime,
+    """The greedy teacher's answers on each behaviour's held-out inputs: what every condition is compared with
+    (where the teacher is the base model, at the evaluation's length: they are the base condition's answers too)."""
+    def teacher(b: Behaviour) -> TeacherConfig:
+        greedy = cfg.teacher.greedy()
+        return dataclasses.replace(greedy, max_new_tokens=cfg.eval.max_new_tokens) if _teacher_is_base(b, cfg) else greedy
+
+    return [Reference.from_targets(answer(model, tokenizer, b.held_out, b.prompt, teacher(b), runtime,
                                           desc=f"teacher[{b.name} eval]"), len(b.held_out)) for b in behaviours]
+
+
+def _before(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, behaviours: list[Behaviour],
+            references: list[Reference], cfg: Config, runtime: Runtime) -> dict[str, dict[str, ConditionResult]]:
+    """Base and teacher on each behaviour's held-out inputs. Where the teacher is the base model and kept an answer
+    for every input, the base condition is that reference, not generated a second time."""
+    results: dict[str, dict[str, ConditionResult]] = {}
+    for b, ref in zip(behaviours, references, strict=True):
+        same = _teacher_is_base(b, cfg) and all(a is not None for a in ref.answers)
+        evaluate_behaviours({"teacher": model} if same else {"base": model, "teacher": model}, tokenizer, [b], [ref],
+                            cfg.eval, runtime, results)
+        if same:
+            results[b.name] = {"base": results[b.name]["teacher"], "teacher": results[b.name]["teacher"]}
+    return results
 
 
 def _packaged(name: str, setting: str, key: str) -> list[Record]:
@@ -207,8 +232,7 @@ def distill(cfg: Config) -> dict[str, Any]:
                 original = Reference.from_targets(_own_answers(model, tokenizer, neutral, cfg.eval.max_new_tokens, cfg,
                                                                runtime, "base[neutral]"), len(neutral))
         with run.stage("eval_before"):
-            results = evaluate_behaviours({"base": model, "teacher": model}, tokenizer, behaviours, references, cfg.eval,
-                                          runtime)
+            results = _before(model, tokenizer, behaviours, references, cfg, runtime)
             if questions:  # the original model's score on the retention questions
                 before = retention(model, tokenizer, questions, cfg.eval, runtime, original=True)
         with run.stage("train"):
@@ -299,8 +323,8 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
         with run.stage("reference"):
             references = _references(model, tokenizer, behaviours, cfg, runtime)
         with run.stage("eval"):
-            conditions = {"base": model, "teacher": model, "student": student_model}
-            results = evaluate_behaviours(conditions, tokenizer, behaviours, references, cfg.eval, runtime)
+            results = _before(model, tokenizer, behaviours, references, cfg, runtime)
+            evaluate_behaviours({"student": student_model}, tokenizer, behaviours, references, cfg.eval, runtime, results)
         info: dict[str, Any] = {"student": student, "eval_inputs": sum(len(b.held_out) for b in behaviours),
                                 "timings": run.timings, **({"too_long": too_long} if too_long else {})}
         if neutral:

@@ -1,0 +1,224 @@
+"""Generated tokens per second: the generation engine against today's loop and Hugging Face ``generate``.
+
+One process, side by side, SmolLM2-135M-Instruct on the CPU, three workloads:
+
+(a) ``main``: the main job's teacher (``examples/over.yaml``: its context and three demonstrations
+    before each of the 130 training questions), 64 new tokens, top-k distributions kept;
+(b) ``addition``: 256 scratch-pads, 32 sums each of 1 to 8 digits, after the addition experiment's
+    request for a scratch-pad (its context); the base model works each sum out in words, 60 to 330
+    tokens, longer for longer sums (the trained scratch-pad teacher of ``experiments/addition``
+    stands in for no one here: its lengths are similar, its text is not); up to 328 new tokens;
+(c) ``context``: the context-length benchmark of ``benchmarks/prefix_cache.py`` (274 to 4,117 context
+    tokens, 16 held-out questions, 12 new tokens, full-vocabulary distributions); the marginal
+    cost per input leaves out the one-off prefill of the shared context.
+
+Paths: ``static`` (``internalize.engine``: the prefix once, a preallocated cache, finished rows
+refilled), ``dynamic`` (today's loop over ``DynamicCache``, ``generate(..., engine="dynamic")``) and
+``hf`` (``model.generate`` on left-padded batches, no distributions; on fewer inputs, it is slow).
+For each: seconds, generated tokens per second, and achieved FLOP/s against the measured fp32
+matmul peak (useful FLOPs only: the prefix counted once, 2 x non-embedding parameters per token,
+the output head per generated token, attention scores and values over each token's context).
+Also checks the engine against today's loop: same answers, max |log-prob difference|.
+
+    python benchmarks/generation.py                       # all three; benchmarks/results/generation.json
+    python benchmarks/generation.py --only main --hf-inputs 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from prefix_cache import context_of
+from throughput import cpu_flags, flops_per_token, head_flops, matmul_peak
+
+from internalize import engine
+from internalize.config import PromptConfig, load_config
+from internalize.data import read_jsonl
+from internalize.decoding import Prefix, generate
+from internalize.models import load_model, teacher_mode
+from internalize.runtime import Runtime
+from internalize.views import prompt_ids, stop_ids
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from experiments.addition import task  # noqa: E402
+
+
+def useful_flops(model, prompts, outputs, prefix_len: int) -> float:
+    """FLOPs of the work itself: the shared prefix once, each prompt's own tokens, each generated token."""
+    cfg = model.config
+    layers, width = cfg.num_hidden_layers, cfg.num_attention_heads * getattr(cfg, "head_dim", cfg.hidden_size //
+                                                                              cfg.num_attention_heads)
+    attention = 4.0 * layers * width  # scores and values, per query token and key
+    total = flops_per_token(model) * prefix_len + attention * prefix_len * (prefix_len + 1) / 2
+    for prompt, ids in zip(prompts, outputs, strict=True):
+        own, new = len(prompt) - prefix_len, len(ids)
+        total += flops_per_token(model) * (own + new) + head_flops(model) * new
+        total += attention * sum(range(prefix_len + 1, len(prompt) + new + 1))
+    return total
+
+
+def hf_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device) -> list[tuple[int, ...]]:
+    """``model.generate``, greedy, on length-sorted left-padded batches; each answer through its stop token."""
+    stops, pad = stop_ids(tokenizer), tokenizer.pad_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: dict[int, tuple[int, ...]] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, i in enumerate(idx):
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[r, width - len(prompts[i]) :] = 1
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=stops)[:, width:].tolist()
+        for r, i in enumerate(idx):
+            row = gen[r]
+            end = next((j for j, t in enumerate(row) if t in stops), None)
+            out[i] = tuple(row if end is None else row[: end + 1])
+    return [out[i] for i in range(len(prompts))]
+
+
+def measure(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device, path: str,
+            distributions: int | None, peak: float) -> dict:
+    """One path on ``prompts``: seconds, tokens/s, FLOP/s and MFU; the answers and log-probs for the checks."""
+    with teacher_mode(model):
+        start = time.perf_counter()
+        if path == "hf":
+            ids, logp = hf_generate(model, tokenizer, prompts, max_new_tokens, batch_size, device), None
+        else:
+            gens = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device,
+                                           distributions=distributions, engine=path, progress=False)]
+            ids, logp = [g.ids for g in gens], [g.logp for g in gens]
+        seconds = time.perf_counter() - start
+    tokens = sum(map(len, ids))
+    flops = useful_flops(model, prompts, ids, len(Prefix.shared(prompts)))
+    return {"inputs": len(prompts), "seconds": round(seconds, 2), "generated_tokens": tokens,
+            "tokens_per_s": round(tokens / seconds, 1), "gflop_per_s": round(flops / seconds / 1e9, 2),
+            "mfu": round(flops / seconds / peak, 4), "ids": ids, "logp": logp}
+
+
+def agreement(a: dict, b: dict) -> dict:
+    """Same answers (ids) on the inputs both ran, and the largest log-prob difference where they agree."""
+    n = min(a["inputs"], b["inputs"])
+    same = sum(x == y for x, y in zip(a["ids"][:n], b["ids"][:n], strict=True))
+    diff = 0.0
+    if a["logp"] is not None and b["logp"] is not None:
+        diff = max((x - y).abs().max().item() for x, y, i, j in
+                   zip(a["logp"][:n], b["logp"][:n], a["ids"][:n], b["ids"][:n], strict=True) if i == j)
+    return {"same_answers": f"{same}/{n}", "max_abs_logp_diff": float(f"{diff:.2g}")}
+
+
+def workload(model, tokenizer, name: str, prompts, max_new_tokens: int, batch_size: int, device, distributions,
+             peak: float, hf_inputs: int, larger: int = 0) -> dict:
+    """The three paths at ``batch_size`` (and the engine alone at ``larger`` rows, when given) on one workload."""
+    runs = {path: measure(model, tokenizer, prompts if path != "hf" else prompts[:hf_inputs], max_new_tokens,
+                          batch_size, device, path, distributions, peak) for path in ("static", "dynamic", "hf")}
+    row = {"workload": name, "prompts": len(prompts), "prefix_tokens": len(Prefix.shared(prompts)),
+           "max_new_tokens": max_new_tokens, "batch_size": batch_size, "distributions": distributions,
+           **{path: {k: v for k, v in r.items() if k not in ("ids", "logp")} for path, r in runs.items()},
+           "static_over_dynamic": round(runs["static"]["tokens_per_s"] / runs["dynamic"]["tokens_per_s"], 2),
+           "static_over_hf": round(runs["static"]["tokens_per_s"] / runs["hf"]["tokens_per_s"], 2),
+           "static_vs_dynamic": agreement(runs["static"], runs["dynamic"]),
+           "static_vs_hf": agreement(runs["static"], runs["hf"])}
+    if larger:
+        big = measure(model, tokenizer, prompts, max_new_tokens, larger, device, "static", distributions, peak)
+        row[f"static_batch_{larger}"] = {k: v for k, v in big.items() if k not in ("ids", "logp")}
+        row[f"static_batch_{larger}_over_dynamic"] = round(big["tokens_per_s"] / runs["dynamic"]["tokens_per_s"], 2)
+        row[f"static_batch_{larger}_vs_dynamic"] = agreement(big, runs["dynamic"])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def addition_prompts(tokenizer, n_per_length: int = 32) -> list[list[int]]:
+    """Sums of 1 to 8 digits after the scratch-pad request."""
+    prompt = PromptConfig(context=task.SCRATCHPAD)
+    rng = random.Random(0)
+    sums = [(rng.randrange(10 ** (d - 1), 10**d), rng.randrange(10 ** (d - 1), 10**d))
+            for d in range(1, 9) for _ in range(n_per_length)]
+    return [prompt_ids(tokenizer, task.question(a, b), prompt) for a, b in sums]
+
+
+def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int], questions: int, hf_inputs: int) -> dict:
+    """(c): per context length, each path's marginal seconds per input (its own prefill of the context left out)."""
+    behaviour = cfg.behaviours[0]
+    texts = [r["input"] for r in read_jsonl(behaviour.eval_file, behaviour.key("eval_file"))[:questions]]
+    rows = []
+    for target in lengths:
+        teacher = context_of(tokenizer, behaviour.prompt, target)
+        prompts = [prompt_ids(tokenizer, q, teacher) for q in texts]
+        prefix = Prefix.shared(prompts)
+        with teacher_mode(model):
+            start = time.perf_counter()
+            engine.prefill(model, prefix.ids, device)
+            static_prefill = time.perf_counter() - start
+            start = time.perf_counter()
+            prefix.prefill(model, device)
+            dynamic_prefill = time.perf_counter() - start
+        runs = {path: measure(model, tokenizer, prompts if path != "hf" else prompts[:hf_inputs], 12, len(prompts),
+                              device, path, 0, peak) for path in ("static", "dynamic", "hf")}
+        prefill = {"static": static_prefill, "dynamic": dynamic_prefill, "hf": 0.0}
+        row = {"context_tokens": len(prompts[0]), "prefix_tokens": len(prefix),
+               **{f"{p}_marginal_s_per_input": round((r["seconds"] - prefill[p]) / r["inputs"], 3)
+                  for p, r in runs.items()},
+               **{f"{p}_prefill_s": round(prefill[p], 3) for p in ("static", "dynamic")},
+               **{f"{p}_tokens_per_s": r["tokens_per_s"] for p, r in runs.items()},
+               **{f"{p}_mfu": r["mfu"] for p, r in runs.items()},
+               "static_vs_dynamic": agreement(runs["static"], runs["dynamic"])}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    first, last = rows[0], rows[-1]
+    growth = {p: round(last[f"{p}_marginal_s_per_input"] / first[f"{p}_marginal_s_per_input"], 2)
+              for p in ("static", "dynamic", "hf")}
+    return {"rows": rows, "marginal_growth_first_to_last": growth}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["main", "addition", "context"], nargs="+",
+                        default=["main", "addition", "context"])
+    parser.add_argument("--hf-inputs", type=int, default=64, help="inputs Hugging Face generate runs on (a) and (b)")
+    parser.add_argument("--larger", type=int, default=128, help="(a), (b): the engine alone at this many rows too")
+    parser.add_argument("--per-length", type=int, default=32, help="(b) sums per digit count, 1 to 8 digits")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[256, 4096], help="(c) context targets in tokens")
+    parser.add_argument("--out", default="benchmarks/results/generation.json")
+    args = parser.parse_args()
+    cfg = load_config(ROOT / "examples/over.yaml")
+    runtime = Runtime.local(cfg.model.device)
+    model, tokenizer = load_model(cfg.model, runtime)
+    device = runtime.device
+    peak = matmul_peak(torch.float32)
+    report: dict = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                   f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+        "cpu_flags": cpu_flags(), "matmul_peak_gflop_per_s_fp32": round(peak / 1e9, 1), "model": cfg.model.name,
+    }
+    behaviour = cfg.behaviours[0]
+    if "main" in args.only:
+        texts = [r["input"] for r in read_jsonl(behaviour.train_file, behaviour.key("train_file"))]
+        prompts = [prompt_ids(tokenizer, q, behaviour.prompt) for q in texts]
+        report["main"] = workload(model, tokenizer, "main", prompts, cfg.teacher.max_new_tokens, cfg.teacher.batch_size,
+                                  device, cfg.teacher.top_k, peak, args.hf_inputs, args.larger)
+    if "addition" in args.only:
+        prompts = addition_prompts(tokenizer, args.per_length)
+        report["addition"] = workload(model, tokenizer, "addition", prompts, task.scratchpad_tokens(8),
+                                      cfg.teacher.batch_size, device, cfg.teacher.top_k, peak, args.hf_inputs,
+                                      args.larger)
+    if "context" in args.only:
+        report["context"] = context_rows(model, tokenizer, cfg, device, peak, args.lengths, 16, 4)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""engine.py: the generation engine equals today's DynamicCache loop, with the prefix stored once, a preallocated
+cache written in place, finished rows refilled from waiting prompts, and the model's attention restored."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY_INPUTS, perturb_lora
+from test_families import FAMILIES, PROMPT, TOK, build
+
+from internalize import engine
+from internalize.config import ModelConfig, PromptConfig
+from internalize.decoding import Prefix, generate
+from internalize.models import inference_mode, make_student
+from internalize.views import prompt_ids
+
+CPU = torch.device("cpu")
+LORA = ModelConfig(name="unused", finetune="lora", lora_r=4, lora_alpha=8)
+CLOSE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _student(tiny):
+    model, tok = tiny
+    student = make_student(model, LORA)
+    perturb_lora(student, 0.3)
+    return student.eval(), tok
+
+
+def _prompts(tok, context: str = "Be brief and kind."):
+    prompt = PromptConfig(context=context, demonstrations=[{"input": "2+2?", "output": "4"}])
+    return [prompt_ids(tok, x, prompt) for x in TINY_INPUTS]
+
+
+def _same(static, dynamic, ordered: bool = True):
+    """Same tokens, texts and ends; log-probs and kept ids to float tolerance."""
+    assert len(static) == len(dynamic)
+    for mine, theirs in zip(static, dynamic, strict=True):
+        if not ordered:  # samples of one input may finish in another order
+            mine, theirs = sorted(mine, key=lambda g: g.ids), sorted(theirs, key=lambda g: g.ids)
+        assert [(g.ids, g.text, g.finished) for g in mine] == [(g.ids, g.text, g.finished) for g in theirs]
+        for a, b in zip(mine, theirs, strict=True):
+            if b.logp is not None:
+                torch.testing.assert_close(a.logp, b.logp, **CLOSE)
+                assert (a.top is None and b.top is None) or torch.equal(a.top, b.top)
+
+
+@pytest.mark.parametrize(("batch_size", "distributions", "share"), [
+    (4, 8, True),  # 12 inputs through 4 rows: finished rows are refilled, then the batch shrinks
+    (12, 8, True),  # all at once
+    (1, 0, True),  # one row, full-vocabulary distributions
+    (5, None, False),  # no prefix kept, no distributions
+])
+def test_static_equals_dynamic(tiny, batch_size, distributions, share):
+    student, tok = _student(tiny)
+    prompts = _prompts(tok)
+    with inference_mode(student):
+        runs = [generate(student, tok, prompts, max_new_tokens=10, batch_size=batch_size, device=CPU,
+                         distributions=distributions, share_prefix=share, engine=e) for e in ("static", "dynamic")]
+    _same(*runs)
+    assert len({g[0].ids for g in runs[0]}) > 3 and len({len(g[0].ids) for g in runs[0]}) > 2  # answers differ
+
+
+def test_static_equals_dynamic_with_contexts_averaged_and_several_samples(tiny):
+    student, tok = _student(tiny)
+    contexts = [_prompts(tok, c) for c in ("Be brief.", "Answer in one long sentence, please, with care.")]
+    grouped = [p for pair in zip(*contexts, strict=True) for p in pair]  # each input under both contexts
+    with inference_mode(student):
+        runs = [generate(student, tok, grouped, max_new_tokens=8, batch_size=3, device=CPU, distributions=4, group=2,
+                         num_samples=2, engine=e) for e in ("static", "dynamic")]
+    _same(*runs)
+    assert all(len(s) == 2 for s in runs[0])
+
+
+def test_sampling_is_seeded_and_scores_the_sampled_tokens(tiny):
+    student, tok = _student(tiny)
+    prompts = _prompts(tok)
+    with inference_mode(student):
+        runs = []
+        for _ in range(2):
+            torch.manual_seed(3)
+            runs.append(generate(student, tok, prompts, max_new_tokens=8, batch_size=3, device=CPU, do_sample=True,
+                                 temperature=1.5, distributions=0, num_samples=2, engine="static"))
+    _same(*runs)
+    for samples in runs[0]:
+        for g in samples:  # full-vocabulary log-probs: each sampled token's own is among them
+            assert torch.all(g.logp.gather(-1, torch.tensor(g.ids)[:, None]) > -float("inf"))
+    assert len({g.ids for s in runs[0] for g in s}) > len(prompts)  # samples differ
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+def test_static_equals_dynamic_on_each_family(family):
+    """Every family, the 16-token sliding windows included (the engine masks by position: the prefix stays shared)."""
+    model = build(family)
+    prompts = [prompt_ids(TOK, x, PROMPT) for x in TINY_INPUTS[:6]]
+    assert len(Prefix.shared(prompts)) > 150
+    with inference_mode(model):
+        runs = [generate(model, TOK, prompts, max_new_tokens=8, batch_size=4, device="cpu", distributions=8, engine=e)
+                for e in ("static", "dynamic")]
+    _same(*runs)
+
+
+def test_the_prefix_is_kept_once_and_the_cache_written_in_place(tiny, monkeypatch):
+    student, tok = _student(tiny)
+    prompts = _prompts(tok)
+    prefix = len(Prefix.shared(prompts))
+    seen: list[tuple[int, tuple, int, tuple]] = []  # per layer-0 write: buffer storage, shape, prefix storage, shape
+    real = engine.KVBuffer.update
+
+    def update(self, keys, values, layer_idx, *args, **kwargs):
+        out = real(self, keys, values, layer_idx, *args, **kwargs)
+        if layer_idx == 0 and self.prefix:
+            pk = self.prefix[0][0]
+            seen.append((self.keys[0].data_ptr(), tuple(self.keys[0].shape), pk.data_ptr(), tuple(pk.shape)))
+        return out
+
+    monkeypatch.setattr(engine.KVBuffer, "update", update)
+    with inference_mode(student):
+        generate(student, tok, prompts, max_new_tokens=10, batch_size=4, device=CPU, engine="static")
+    assert len(seen) > 10
+    for before, after in zip(seen, seen[1:], strict=False):  # a new buffer only when the batch shrank once nothing waited
+        assert before[0] == after[0] or after[1][0] < before[1][0]
+    rows, kv_heads, slots, dim = seen[0][1]
+    assert rows == 4 and slots < prefix  # the rows hold their own tokens only, not the prefix
+    assert {(s[2], s[3]) for s in seen} == {(seen[0][2], (1, kv_heads, prefix, dim))}  # one prefix for every row
+
+
+def test_finished_rows_are_refilled_from_waiting_inputs(tiny, monkeypatch):
+    student, tok = _student(tiny)
+    prompts = _prompts(tok)
+    calls: list[tuple[int, int]] = []  # (rows, query length) of each forward
+    real = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda m, b, tokens, *a, **k: calls.append(tuple(tokens.shape))
+                        or real(m, b, tokens, *a, **k))
+    with inference_mode(student):
+        out = generate(student, tok, prompts, max_new_tokens=10, batch_size=3, device=CPU, engine="static")
+    lengths = [len(s[0].ids) for s in out]
+    decode = [c for c in calls if c[1] == 1]
+    refills = [c for c in calls[1:] if c[1] > 1]  # after the first three prompts
+    assert refills and all(c[0] < 3 for c in refills)  # single rows refilled while the others decode
+    # fewer decode steps than batches of 3 that run until their longest answer (today's loop, prompts by length)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    batches = [[lengths[i] for i in order[k : k + 3]] for k in range(0, len(order), 3)]
+    assert len(decode) < sum(max(b) for b in batches) - len(batches)
+
+
+def test_large_distributions_wait_on_the_cpu_and_stay_equal(tiny, monkeypatch):
+    student, tok = _student(tiny)
+    prompts = _prompts(tok)[:5]
+    with inference_mode(student):
+        on_device = generate(student, tok, prompts, max_new_tokens=6, batch_size=2, device=CPU, distributions=0,
+                             engine="static")
+        monkeypatch.setattr(engine, "ON_DEVICE_BYTES", 0)
+        on_cpu = generate(student, tok, prompts, max_new_tokens=6, batch_size=2, device=CPU, distributions=0,
+                          engine="static")
+    _same(on_device, on_cpu)
+
+
+def test_the_model_attention_is_restored_even_after_an_error(tiny, monkeypatch):
+    student, tok = _student(tiny)
+    before = student.config._attn_implementation
+    monkeypatch.setattr(engine, "choose_token", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with inference_mode(student), pytest.raises(RuntimeError, match="boom"):
+        generate(student, tok, _prompts(tok)[:2], max_new_tokens=4, batch_size=2, device=CPU, engine="static")
+    assert student.config._attn_implementation == before != engine.ATTENTION
+
+
+def test_the_attention_refuses_to_run_outside_the_engine(tiny):
+    model, _ = tiny
+    q = torch.zeros(1, 4, 1, 8)
+    with pytest.raises(RuntimeError, match="only inside"):
+        engine.prefix_attention(model.model.layers[0].self_attn, q, q, q, None)
+
+
+def test_an_unknown_engine_is_refused(tiny):
+    model, tok = tiny
+    with pytest.raises(ValueError, match="'static' or 'dynamic'"):
+        generate(model, tok, [[1, 2]], max_new_tokens=2, batch_size=1, device=CPU, engine="paged")
