@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
-from internalize import teacher
+from internalize import engine, teacher
 from internalize.config import InternalizeError, PromptConfig, TeacherConfig
 from internalize.decoding import Generation
 from internalize.runtime import Runtime
@@ -135,6 +135,28 @@ def test_answer_none_extractor_topk(tiny):
         torch.testing.assert_close(logp.logsumexp(-1), torch.zeros(A), atol=1e-4, rtol=0)
         # the greedy answer is the teacher's most likely token at each position
         assert ids[:, 0].tolist() == list(t_view.answer_ids)
+
+
+def test_the_static_engine_teaches_the_same_targets(tiny, monkeypatch):
+    """teacher.engine=static (the generation engine) gives the same answers, views and distributions."""
+    from conftest import build_tiny_model
+
+    _, tok = tiny
+    model = build_tiny_model(tok, echo=True).eval()  # answers start with the input's first two characters
+    ran = []  # the engine's own runs
+    real = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: ran.append(1) or real(*a, **k))
+    prompt = PromptConfig(context="Answer in one word.", demonstrations=[{"input": "2+2?", "output": "4"}])
+    records = [{"input": x} for x in TINY_INPUTS]
+    got = {e: teacher.answer(model, tok, records, prompt, TeacherConfig(max_new_tokens=16, top_k=8, batch_size=3,
+                                                                           engine=e, cache_dir=""), RUNTIME)
+           for e in ("dynamic", "static")}
+    assert ran == [1]  # once: teacher.engine=static, and only then
+    assert got["static"].answers == got["dynamic"].answers and got["static"].source == got["dynamic"].source
+    assert len(set(got["static"].generations)) > 2
+    assert [v.answer_ids for v in got["static"].teacher_views] == [v.answer_ids for v in got["dynamic"].teacher_views]
+    for a, b in zip(got["static"].logp, got["dynamic"].logp, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_answer_logp_equal_the_models_distribution(tiny):

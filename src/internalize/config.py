@@ -298,6 +298,10 @@ class TeacherConfig(_Section):
         "Teacher log-probs kept per answer token: top-k plus the tail mass (0 = full vocabulary).", default=128
     )
     batch_size: int = _help("Teacher generation and scoring batch size.", default=64)
+    engine: str = _help("How the teacher generates: dynamic (Hugging Face's DynamicCache, rows leave the batch as they "
+                        "finish) or static (internalize.engine: the shared context's keys and values once, a "
+                        "preallocated cache, finished rows refilled; its cost per input stays flat as the context "
+                        "grows; same answers).", default="dynamic")
     shard_inputs: int = _help("Inputs taught and cached as one part: a run killed in the teacher stage continues "
                               "after its last complete part.", default=256)
     weights: str = _help("On-policy (train.mode on_policy or mixed): which weights score the student's samples, "
@@ -323,6 +327,7 @@ class TeacherConfig(_Section):
         self._require(self.top_k >= 0, "top_k", "must be >= 0 (0 = full vocabulary)")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.shard_inputs >= 1, "shard_inputs", "must be >= 1")
+        self._choice("engine", ("dynamic", "static"))
         self._choice("weights", ("base", "ema", "live"))
         self._require(0.0 <= self.ema_rate <= 1.0, "ema_rate", "must be in [0, 1]")
 

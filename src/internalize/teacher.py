@@ -156,7 +156,7 @@ def _answer_part(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rec
         torch.manual_seed(seed)
         samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device, cfg.do_sample,
                            cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, group=group,
-                           desc=f"{desc}: generate")
+                           desc=f"{desc}: generate", engine=cfg.engine)
         student_prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
         for i, (record, outs) in enumerate(zip(records, samples, strict=True)):
             prompt_i = prompts[i * group]  # the teacher view keeps the first context's prompt
