@@ -192,6 +192,18 @@ def tiny_config_path(tiny_model_dir, tmp_path) -> Path:
     return write_yaml(tmp_path / "tiny.yaml", tiny_config_dict(tiny_model_dir, tmp_path / "run"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _teacher_cache_per_session(tmp_path_factory):
+    """Module- and session-scoped fixtures (a run made once for a whole module) are set up before the per-test cache
+    below: they get one of their own, never the user's cache, whose entries from other code would be reused."""
+    import internalize.teacher
+
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("session-cache")
+        patch.setattr(internalize.teacher, "cache_root", lambda: root)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _teacher_cache_per_test(monkeypatch, tmp_path_factory):
     """``teacher.cache_dir=auto`` writes to a fresh directory per test, never to the user's cache."""

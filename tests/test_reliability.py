@@ -136,6 +136,20 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(point, tiny_m
         assert "resumed_from" not in info
 
 
+def test_a_killed_run_resumes_to_the_same_result_with_the_generation_engine(tiny_model_dir, tmp_path):
+    """teacher.engine=static: the engine's teacher, made in the killed child (a process of its own), trains the same
+    weights as the uninterrupted run's, made in this one."""
+    whole = _config(tiny_model_dir, tmp_path / "whole")
+    whole["teacher"].update(engine="static", cache_dir=str(tmp_path / "whole-cache"))  # the child makes its own
+    uninterrupted = distill(load_config(write_yaml(tmp_path / "whole.yaml", whole))), _weights(tmp_path / "whole")
+    raw = _config(tiny_model_dir, tmp_path / "run")
+    raw["teacher"]["engine"] = "static"
+    path = write_yaml(tmp_path / "cfg.yaml", raw)
+    _kill("training", path)
+    distill(load_config(path, ["output.resume=true"]))
+    _assert_same_result(tmp_path / "run", uninterrupted)
+
+
 def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(tiny_model_dir, tmp_path, uninterrupted, caplog):
     out = tmp_path / "run"
     path = write_yaml(tmp_path / "cfg.yaml", _config(tiny_model_dir, out))

@@ -292,8 +292,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     ``engine="dynamic"`` (default): the loop below over Hugging Face's ``DynamicCache``; ``"static"``: the
     generation engine of ``internalize.engine`` (the prefix's keys and values once, a preallocated cache, finished
     rows refilled from waiting prompts; the dynamic loop still runs for models whose attention it cannot replace).
-    Not the default yet: a killed and resumed run then ends 2e-6 away from the uninterrupted one in its weights
-    (``tests/test_reliability.py``), unexplained, where the dynamic loop is exact.
+    Not the default: with short contexts and long answers it was no faster on a 2-core CPU (BENCHMARKS.md).
 
     Batches are length-sorted; rows leave the batch as they finish. ``distributions``: None keeps
     no log-probs, 0 the full vocabulary, k the top-k plus the tail mass (temperature 1, as scored).
