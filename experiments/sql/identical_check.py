@@ -7,8 +7,11 @@ hold scores only. This reruns the two arms on one database into their own folder
 runs are not touched) and compares what the scores hide: the teachers' answers and the students'
 answers question by question (``answers.jsonl``), the teacher's targets on the 80 training questions
 (whether they came from the teacher cache, how many answers differ), and the two adapters' sha256.
-Writes ``results/identical_check.json``.
+Writes ``results/identical_check.json``. Needs the warmed-up model the SQL runs start from
+(``runs/sql_warmup_examples/model``: the README's second command); not run yet, as that model was not
+on the machine of the session that wrote this.
 
+    python experiments/run.py sql sql_warmup_examples experiments/sql/warmup_examples.yaml   # if missing
     python -m experiments.sql.identical_check --db zoo-5000
 """
 
