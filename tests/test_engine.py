@@ -175,3 +175,13 @@ def test_an_unknown_engine_is_refused(tiny):
     model, tok = tiny
     with pytest.raises(ValueError, match="'static' or 'dynamic'"):
         generate(model, tok, [[1, 2]], max_new_tokens=2, batch_size=1, device=CPU, engine="paged")
+
+
+def test_static_equals_dynamic_with_stop_strings(tiny):
+    student, tok = _student(tiny)
+    student.generation_config.stop_strings = ["k", "ab"]  # rows end mid-answer at a string, not a token
+    with inference_mode(student):
+        runs = [generate(student, tok, _prompts(tok), max_new_tokens=10, batch_size=4, device=CPU, distributions=4,
+                         engine=e) for e in ("static", "dynamic")]
+    _same(*runs)
+    assert any(g[0].finished for g in runs[0])

@@ -285,11 +285,11 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             going = []
             for u, finished in zip(units, done, strict=True):
                 count[u] += 1
-                ids, logp_u, top_u = kept.take(u, count[u]) if (finished or count[u] == max_new_tokens or strings) \
-                    else (None, None, None)
-                if strings and not finished:
-                    finished = answer_text(tokenizer, ids, stops, strings)[1]
-                if finished or count[u] == max_new_tokens:
+                finished = finished or count[u] == max_new_tokens
+                if strings and not finished:  # its tokens only: distributions move once, when it finishes
+                    finished = answer_text(tokenizer, kept.tokens[u, : count[u]].tolist(), stops, strings)[1]
+                if finished:
+                    ids, logp_u, top_u = kept.take(u, count[u])
                     text, ended = answer_text(tokenizer, ids, stops, strings)
                     results[holder[u]].append(Generation(text, ended, tuple(ids), logp_u, top_u))
                     holder[u] = None
