@@ -62,7 +62,8 @@ def main(experiment: str, name: str, config: str, overrides: list[str]) -> None:
         "dropped": run["dropped"],
         "metrics": metrics,
     }
-    for key in ("forgetting", "retention", "on_policy", "rehearsal_answers", "started_from", "behaviours", "teacher_cache"):
+    for key in ("forgetting", "retention", "on_policy", "rehearsal_answers", "started_from", "behaviours", "teacher_cache",
+                "steps", "validation_answers", "best_step", "best_val_kl"):
         if key in run:
             result[key] = run[key]
     results = EXPERIMENTS / experiment / "results"

@@ -72,11 +72,17 @@ def synthesized_inputs(seed: int, split: dict[str, list[dict]], where: Path) -> 
     return write_jsonl(where / "train.jsonl", kept)
 
 
+def gd_overrides(demos: str, seed: int) -> list[str]:
+    """The overrides that make a run hard-label fine-tuning on the examples ``demos`` (JSON) alone: no teacher
+    context, no other training inputs; learning rate, epochs, eval file and output dir are the caller's."""
+    return [f"data.inputs={demos}", "data.num_eval=0", "train.targets=data", "train.loss=ce", "teacher.demonstrations=[]",
+            "teacher.context=", "data.train_file=", "data.synthesize.seeds=[]", "data.synthesize.task=", f"train.seed={seed}"]
+
+
 def gradient_descent(k: int, demos: str, dev: str, test: str, out: Path, seed: int,
                      config: str = CONFIG) -> dict[str, Any]:
     """Hard-label fine-tuning on the k examples (``demos``, JSON): the sweep on dev, then the best setting on test."""
-    base = [f"data.inputs={demos}", "data.num_eval=0", "train.targets=data", "train.loss=ce", "teacher.demonstrations=[]",
-            "teacher.context=", "data.train_file=", "data.synthesize.seeds=[]", "data.synthesize.task=", f"train.seed={seed}"]
+    base = gd_overrides(demos, seed)
     sweep = []
     for lr, epochs in SWEEP:
         m = run_config([*base, f"train.lr={lr}", f"train.epochs={epochs}", f"data.eval_file={dev}", f"output.dir={out}/gd_sweep"],

@@ -10,6 +10,7 @@ Base and teacher are scored once per task, the original model's dev retention on
 score and retention), which ``summarize.py`` uses to pick the recommended arm.
 
     python experiments/onpolicy/dev_eval.py             # every record in results/ whose model is still in runs/
+    python experiments/onpolicy/dev_eval.py --results experiments/recipe/results   # another experiment's runs
 
 A second call scores only the runs ``results/dev.json`` does not hold yet (base, teacher and the
 original's retention are kept from the first).
@@ -17,6 +18,7 @@ original's retention are kept from the first).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -43,6 +45,10 @@ def output_dir(record: dict) -> Path:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the records' folder; dev.json is written there")
+    args = parser.parse_args()
+    results = args.results.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import dataclasses
 
@@ -58,8 +64,10 @@ def main() -> None:
     from internalize.teacher import answer
 
     start = time.perf_counter()
-    earlier = json.loads((RESULTS / "dev.json").read_text()) if (RESULTS / "dev.json").exists() else {}
-    out: dict = {"command": "python experiments/onpolicy/dev_eval.py",
+    earlier = json.loads((results / "dev.json").read_text()) if (results / "dev.json").exists() else {}
+    command = "python experiments/onpolicy/dev_eval.py" + ("" if results == RESULTS else
+                                                          f" --results {results.relative_to(ROOT)}")
+    out: dict = {"command": command,
                  "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
                             f"{torch.__version__}, {torch.get_num_threads()} threads",
                  "dev_files": {task: dev for task, (_, dev) in TASKS.items()} | {"retention": RETENTION_DEV},
@@ -69,7 +77,7 @@ def main() -> None:
         cfg = load_config(ROOT / config, [f"data.eval_file={ROOT / dev}", "output.dir=runs/dev_eval"])
         runtime = Runtime.local(cfg.model.device)
         behaviour = load_behaviours(cfg, need_train=False)[0]
-        todo = [p for p in sorted(RESULTS.glob(f"{task}_*.json")) if p.stem not in out["runs"]]
+        todo = [p for p in sorted(results.glob(f"{task}_*.json")) if p.stem not in out["runs"]]
         if not todo:
             continue
         model, tokenizer = load_model(cfg.model, runtime)
@@ -101,7 +109,7 @@ def main() -> None:
             logging.info("%s: dev score %.3f, dev retention %.3f", path.stem, got, kept)
             del student
             out["wall_s"] = round(earlier.get("wall_s", 0) + time.perf_counter() - start, 1)
-            (RESULTS / "dev.json").write_text(json.dumps(out, indent=2) + "\n")  # after each run: a kill loses one
+            (results / "dev.json").write_text(json.dumps(out, indent=2) + "\n")  # after each run: a kill loses one
 
 
 if __name__ == "__main__":

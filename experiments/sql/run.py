@@ -59,6 +59,12 @@ def files(db: str, parts: dict[str, list[dict]]) -> dict[str, str]:
     return {name: write_jsonl(ROOT / "experiments/sql/data" / db / f"{name}.jsonl", rows) for name, rows in parts.items()}
 
 
+def labelled(examples: list[dict]) -> str:
+    """The examples as gradient descent's training records (JSON): each full prompt (instruction, schema, question)
+    with its gold SQL."""
+    return json.dumps([{"input": r["input"], "output": r["output"]} for r in examples])
+
+
 def exact_match(run_dir: Path, test: list[dict]) -> dict[str, float]:
     """Exact match of each condition's answers (the run's answers.jsonl) against the gold SQL."""
     rows = [json.loads(line) for line in (run_dir / "answers.jsonl").read_text().splitlines()]
@@ -85,8 +91,7 @@ def main() -> None:
                             f"data.train_file={paths[db]['inputs']}", f"data.eval_file={paths[db]['test']}",
                             f"output.dir={where}/distill_k{k}"], CONFIG)
             distill_s = time.perf_counter() - t0
-            demos = json.dumps([{"input": r["input"], "output": r["output"]} for r in examples])
-            gd = gradient_descent(k, demos, paths[db]["dev"], paths[db]["test"], where, 0, CONFIG)
+            gd = gradient_descent(k, labelled(examples), paths[db]["dev"], paths[db]["test"], where, 0, CONFIG)
             runs.append({"db": db, "k": k, **{c: m[c]["score"] for c in CONDITIONS[:3]},
                          "gradient_descent": gd["test"], "gd_best": gd["best"], "gd_sweep": gd["sweep"],
                          "exact_match": exact_match(where / f"distill_k{k}", parts[db]["test"])

@@ -1,0 +1,153 @@
+"""Table and plot of issue 17's recipe comparison: one recipe for 30, 300 and 3,000 training inputs.
+
+Every record ``experiments/recipe/results/over_{SIZE}_{ARM}[_seedN].json`` is one run of the main job
+(examples/over.yaml) on the first SIZE model-written questions. The arms:
+
+- **A**: examples/over.yaml as a user copies it (lr 1e-3, one epoch, batch 8);
+- **B**: A with ``train.min_steps=50``;
+- **C**: A with ``train.min_steps=50 train.validation=0.1`` (patience 3, measured ten times a run);
+- **D**: A with ``train.min_steps=100 train.validation=0.1``.
+
+At 3,000 inputs an epoch is 375 steps, so B equals A and D equals C there; those runs are shared.
+For each size and arm: steps taken (and the validation's best step), held-out score on the 30 test
+questions, the share of the teacher's gain, the retention score kept (120 questions), KL to the
+original model on neutral prompts, wall time. With ``results/dev.json``
+(``python experiments/onpolicy/dev_eval.py --results experiments/recipe/results``: each student on 30
+dev questions and 60 dev retention questions) it picks the arm with the largest worst case over the
+three sizes of min(dev gain, dev kept), each capped at 100% (ties: the fewer steps), a rule fixed
+before the dev figures existed. Writes ``results/summary.md`` and ``results/summary.png``.
+
+    python experiments/recipe/summarize.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+SIZES = (30, 300, 3000)
+ARMS = {"A": "over.yaml (lr 1e-3, 1 epoch)", "B": "A + min_steps 50", "C": "A + min_steps 50 + validation 0.1",
+        "D": "A + min_steps 100 + validation 0.1"}
+SHARED = {("B", 3000): "A", ("D", 3000): "C"}  # the same run: an epoch of 3,000 inputs is more than 100 steps
+
+
+def records() -> dict[tuple[str, int], list[dict]]:
+    """The runs by (arm, size), each with its name; shared runs are listed under both arms."""
+    out: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for path in sorted(RESULTS.glob("over_*.json")):
+        m = re.fullmatch(r"over_(\d+)_([A-Z])(?:_seed\d+)?", path.stem)
+        if m:
+            out[(m[2], int(m[1]))].append(json.loads(path.read_text()) | {"name": path.stem})
+    for (arm, size), same in SHARED.items():
+        out.setdefault((arm, size), out.get((same, size), []))
+    return out
+
+
+def _mean(values: list[float], percent: bool = False) -> str:
+    if not values:
+        return "-"
+    one = (lambda v: f"{v:.0%}") if percent else (lambda v: f"{v:.3f}")
+    mean = statistics.fmean(values)
+    return one(mean) if len(values) == 1 else f"{one(mean)} ({one(min(values))}-{one(max(values))})"
+
+
+def test_row(runs: list[dict]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        m = r["metrics"]["main"]
+        base, teacher, student = (m[c]["score"] for c in ("base", "teacher", "student"))
+        out["score"].append(student)
+        out["gain"].append((student - base) / (teacher - base))
+        out["kept"].append(r["retention"]["kept"])
+        out["kl"].append(r["forgetting"]["kl_original_student"])
+        out["steps"].append(r["steps"])
+        out["best"].append(r.get("best_step", r["steps"]))
+        out["wall"].append(r["wall_s"])
+    return out
+
+
+def dev_row(runs: list[dict], dev: dict) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        got = dev.get("runs", {}).get(r["name"])
+        if got is not None:
+            out["gain"].append(min(1.0, got["gain_recovered"]))
+            out["kept"].append(min(1.0, got["retention_kept"]))
+    return out
+
+
+def choose(table: dict[tuple[str, int], list[dict]], dev: dict) -> tuple[str | None, dict[str, float]]:
+    """The arm with the largest worst case over the sizes of min(dev gain, dev kept); its worst cases by arm."""
+    worst = {}
+    for arm in ARMS:
+        cells = [dev_row(table.get((arm, size), []), dev) for size in SIZES]
+        if all(c["gain"] for c in cells):
+            worst[arm] = min(min(statistics.fmean(c["gain"]), statistics.fmean(c["kept"])) for c in cells)
+    if not worst:
+        return None, worst
+    steps = {arm: sum(statistics.fmean(test_row(table[(arm, s)])["steps"]) for s in SIZES) for arm in worst}
+    return max(worst, key=lambda a: (worst[a], -steps[a])), worst
+
+
+def main() -> None:
+    table = records()
+    dev = json.loads((RESULTS / "dev.json").read_text()) if (RESULTS / "dev.json").exists() else {}
+    lines = ["# Issue 17: one recipe from 30 to 3,000 inputs (main job)", "",
+             "Test: 30 held-out questions and 120 retention questions; dev: 30 dev questions and 60 dev retention "
+             "questions (choice only). Mean (range) over the seeds each cell has.", "",
+             "| inputs | arm | seeds | steps (best) | test score | gain | retention kept | KL neutral | wall s "
+             "| dev gain | dev kept |", "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for size in SIZES:
+        for arm in ARMS:
+            runs = table.get((arm, size), [])
+            if not runs:
+                continue
+            t, d = test_row(runs), dev_row(runs, dev)
+            shared = f" (= {SHARED[(arm, size)]})" if (arm, size) in SHARED else ""
+            lines.append(f"| {size} | {arm}{shared} | {len(runs)} | "
+                         f"{statistics.fmean(t['steps']):.0f} ({statistics.fmean(t['best']):.0f}) | "
+                         f"{_mean(t['score'], True)} | {_mean(t['gain'], True)} | {_mean(t['kept'], True)} | "
+                         f"{_mean(t['kl'])} | {statistics.fmean(t['wall']):.0f} | {_mean(d['gain'], True)} | "
+                         f"{_mean(d['kept'], True)} |")
+    arm, worst = choose(table, dev)
+    lines += ["", "Arms: " + "; ".join(f"**{a}** {text}" for a, text in ARMS.items()) + ".", ""]
+    if arm:
+        lines.append("Worst case over the sizes of min(dev gain, dev kept): "
+                     + ", ".join(f"{a} {w:.0%}" for a, w in worst.items()) + f". **Dev choice: {arm}.**")
+    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(table)
+    print("\n".join(lines))
+
+
+def plot(table: dict[tuple[str, int], list[dict]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for arm in ARMS:
+        sizes = [s for s in SIZES if table.get((arm, s))]
+        if not sizes:
+            continue
+        rows = [test_row(table[(arm, s)]) for s in sizes]
+        for ax, key in zip(axes, ("gain", "kept"), strict=True):
+            ax.plot(sizes, [statistics.fmean(r[key]) for r in rows], marker="o", label=f"{arm}: {ARMS[arm]}")
+    for ax, title in zip(axes, ("share of the teacher's gain (test)", "retention score kept (test)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xticks(SIZES, [str(s) for s in SIZES])
+        ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training inputs")
+        ax.set_title(title)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "summary.png", dpi=120)
+
+
+if __name__ == "__main__":
+    main()
