@@ -460,13 +460,16 @@ def test_routed_teacher_gives_input_i_the_context_i_mod_n(tiny):
         assert view.prompt_ids == prompt_ids(tok, record["input"], contexts[i % 2])
 
 
-def test_the_teacher_in_parts_equals_the_teacher_in_one_go_and_caches_each_part(tiny, tmp_path, monkeypatch):
+def test_the_teacher_in_parts_equals_the_teacher_in_one_go_and_caches_each_part(tiny, tmp_path, monkeypatch, caplog):
     model, tok = tiny
     records = [{"input": x} for x in TINY_INPUTS[:8]]
     prompt = PromptConfig(context="Answer in one word.")
     whole = teacher.answer(model, tok, records, prompt, TeacherConfig(max_new_tokens=8, top_k=4, cache_dir=""), RUNTIME)
     cfg = TeacherConfig(max_new_tokens=8, top_k=4, shard_inputs=3, cache_dir=str(tmp_path))
-    parts = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
+    with caplog.at_level(logging.INFO, logger="internalize.teacher"):
+        parts = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
+    progress = [r.getMessage() for r in caplog.records if "inputs answered" in r.getMessage()]
+    assert [m.split(",")[0] for m in progress] == ["teacher: 3 of 8 inputs answered", "teacher: 6 of 8 inputs answered"]
     assert parts.source == whole.source and parts.answers == whole.answers
     assert parts.student_views == whole.student_views
     for a, b in zip(parts.logp, whole.logp, strict=True):

@@ -6,9 +6,12 @@ Every record ``experiments/recipe/results/over_{SIZE}_{ARM}[_seedN].json`` is on
 - **A**: examples/over.yaml as a user copies it (lr 1e-3, one epoch, batch 8);
 - **B**: A with ``train.min_steps=50``;
 - **C**: A with ``train.min_steps=50 train.validation=0.1`` (patience 3, measured ten times a run);
-- **D**: A with ``train.min_steps=100 train.validation=0.1``.
+- **D**: A with ``train.min_steps=100 train.validation=0.1``;
+- **E**, **F**: A with ``train.min_steps=16`` and ``32``: smaller floors, added after A-D had run (to find the
+  smallest floor that works: 16 leaves the main job's 130 inputs at their 17 steps).
 
-At 3,000 inputs an epoch is 375 steps, so B equals A and D equals C there; those runs are shared.
+An epoch is 36 steps at 300 inputs and 355 at 3,000, so some arms are the same run there: B equals A
+at 3,000 and D equals C; E and F equal A at 300 and 3,000. Those runs are shared.
 For each size and arm: steps taken (and the validation's best step), held-out score on the 30 test
 questions, the share of the teacher's gain, the retention score kept (120 questions), KL to the
 original model on neutral prompts, wall time. With ``results/dev.json``
@@ -32,8 +35,9 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 SIZES = (30, 300, 3000)
 ARMS = {"A": "over.yaml (lr 1e-3, 1 epoch)", "B": "A + min_steps 50", "C": "A + min_steps 50 + validation 0.1",
-        "D": "A + min_steps 100 + validation 0.1"}
-SHARED = {("B", 3000): "A", ("D", 3000): "C"}  # the same run: an epoch of 3,000 inputs is more than 100 steps
+        "D": "A + min_steps 100 + validation 0.1", "E": "A + min_steps 16", "F": "A + min_steps 32"}
+SHARED = {("B", 3000): "A", ("D", 3000): "C", ("E", 300): "A", ("E", 3000): "A", ("F", 300): "A",
+          ("F", 3000): "A"}  # the same run: the floor is below what the epochs give
 
 
 def records() -> dict[tuple[str, int], list[dict]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     prompts, group = teacher_prompts(tokenizer, records, prompt)
     where = cache_dir(cfg)
-    parts, reused = [], 0
+    parts, reused, answered, started = [], 0, 0, time.perf_counter()
     for start in range(0, max(len(records), 1), cfg.shard_inputs):
         end = min(start + cfg.shard_inputs, len(records))
         part_prompts = prompts[start * group : end * group]
@@ -116,6 +117,11 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
             part = _answer_shared(model, tokenizer, records, prompts, start, end, group, top_k, cfg, runtime, label)
             if where is not None and runtime.is_main:  # one writer: the part gathered from every process
                 cache.save(where, key, part)
+            answered += end - start
+            if end < len(records):  # progress in the logs too, where no bar shows
+                elapsed = time.perf_counter() - started
+                log.info("%s: %d of %d inputs answered, %.0f s, about %.0f s left", desc, end, len(records), elapsed,
+                         elapsed / answered * (len(records) - end))
         part.source = [i + start for i in part.source]
         parts.append(part)
     targets = Targets.concat(parts)
