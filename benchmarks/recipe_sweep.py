@@ -55,7 +55,8 @@ def main() -> None:
     runs = []
     for setting in args.settings:
         overrides = dict(kv.split("=") for kv in setting.split(","))
-        train_cfg = load_config(args.config, [f"train.{k}={v}" for k, v in overrides.items()]).train
+        pinned = ["train.min_steps=0", "train.validation=0"]  # as measured, before those defaults (EXPERIMENTS.md 11)
+        train_cfg = load_config(args.config, [*pinned, *(f"train.{k}={v}" for k, v in overrides.items())]).train
         model, _ = load_model(cfg.model, runtime)
         student = make_student(model, cfg.model)
         torch.manual_seed(train_cfg.seed)

@@ -346,7 +346,8 @@ def run_internalize(setting: dict[str, Any]) -> dict[str, Any]:
     from internalize.training import fit
 
     s = {**DEFAULTS, **setting}
-    overrides = ["teacher.cache_dir=", *s.get("overrides", [])]
+    # min_steps/validation 0: the recipe as measured, before the default floor and validation split (EXPERIMENTS.md 11)
+    overrides = ["teacher.cache_dir=", "train.min_steps=0", "train.validation=0", *s.get("overrides", [])]
     cfg = load_config(JOB_FILE, overrides)
     behaviour, runtime = cfg.behaviours[0], Runtime.local(cfg.model.device)
     train, _ = load_inputs(behaviour, cfg.data)

@@ -60,7 +60,7 @@ WORKER = textwrap.dedent('''
     model, tok = load_model(ModelConfig(name=model_dir, device="cpu"), runtime)
     torch.manual_seed(0)  # the same LoRA initialisation in every process
     student = make_student(model, ModelConfig(name="unused", **LORA))
-    cfg = TrainConfig(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, seed=0, length_buckets=1)
+    cfg = TrainConfig(epochs=2, batch_size=2, grad_accum=1, lr=1e-2, seed=0, length_buckets=1, min_steps=0)
     source = OfflineBatches(targets(tok), tok.pad_token_id, 2, 1, 0, runtime.process_index, runtime.num_processes)
     state = fit(student, source, cfg, runtime)
     if runtime.is_main:
@@ -104,7 +104,7 @@ def test_two_processes_train_like_one_at_the_same_effective_batch(tiny_model_dir
     model, tok = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
     torch.manual_seed(0)
     student = make_student(model, ModelConfig(name="unused", **LORA))
-    cfg = TrainConfig(epochs=2, batch_size=2, grad_accum=2, lr=1e-2, seed=0, length_buckets=1)
+    cfg = TrainConfig(epochs=2, batch_size=2, grad_accum=2, lr=1e-2, seed=0, length_buckets=1, min_steps=0)
     state = fit(student, OfflineBatches(targets(tok), tok.pad_token_id, 2, 1, 0), cfg, Runtime.local("cpu"))
 
     assert len(two_history) == len(state.history) == 4  # 8 answers, 4 per step, 2 epochs
@@ -143,7 +143,7 @@ def test_distill_under_accelerate_launch_with_two_processes_equals_one(echo_mode
     neutral.write_text("".join(json.dumps({"input": text}) + "\n" for text in TINY_INPUTS[:5]))
     raw = tiny_config_dict(echo_model_dir, tmp_path / "two")
     raw["model"]["finetune"] = finetune
-    raw["train"].update(max_steps=0, epochs=2, batch_size=2, grad_accum=1, length_buckets=1)
+    raw["train"].update(max_steps=0, min_steps=0, epochs=2, batch_size=2, grad_accum=1, length_buckets=1)
     raw["teacher"]["cache_dir"] = str(tmp_path / "cache")
     raw["eval"]["neutral_file"] = str(neutral)
     path = write_yaml(tmp_path / "two.yaml", raw)

@@ -13,10 +13,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from internalize import cache, distill, evaluate_artifact, evaluation, pipeline
 from internalize import run as run_module
-from internalize.config import InternalizeError, config_from_dict, load_config
+from internalize.config import InternalizeError, TrainConfig, config_from_dict, load_config
 from internalize.data import load_inputs, read_jsonl, write_jsonl
 from internalize.run import RUN_FILES
+from internalize.targets import Targets
 from internalize.teacher import answer
+from internalize.views import View
 
 CONDITION_KEYS = {"agreement", "kl", "score", "n"}
 
@@ -359,7 +361,7 @@ def test_fine_tuning_on_given_outputs_learns_them_without_running_the_teacher(ti
     raw["teacher"]["context"] = ""
     raw["data"]["inputs"] = [{"input": text, "output": "zz"} for text in TINY_INPUTS]
     raw["model"]["finetune"] = "full"
-    raw["train"].update(targets="data", loss="ce", max_steps=0, epochs=20, lr=1e-2, warmup_ratio=0.0)
+    raw["train"].update(targets="data", loss="ce", max_steps=0, min_steps=0, epochs=20, lr=1e-2, warmup_ratio=0.0)
     raw["eval"]["scorer_regex"] = "^zz$"
     ran, generated = [], []
     monkeypatch.setattr(pipeline, "answer", lambda *a, **k: ran.append(k["desc"]) or answer(*a, **k))
@@ -554,7 +556,8 @@ def test_rehearsal_targets_are_the_original_models_own_answers(tiny_model_dir, t
     assert [v.prompt_ids for v in rehearsal.teacher_views] == prompts  # no context: the teacher is the original
 
 
-def test_distill_with_a_validation_split_keeps_the_best_weights_it_measured(tiny_model_dir, tmp_path):
+def test_distill_with_a_validation_split_keeps_the_best_weights_it_measured(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "MIN_VALIDATION_INPUTS", 8)  # the tiny run has 8 training inputs
     raw = tiny_config_dict(tiny_model_dir, tmp_path / "run")
     raw["train"].update(max_steps=6, batch_size=2, validation=0.25, validate_every=2, patience=0)
     distill(config_from_dict(raw))
@@ -562,3 +565,22 @@ def test_distill_with_a_validation_split_keeps_the_best_weights_it_measured(tiny
     assert info["validation_answers"] == 2 and info["train_answers"] == 6  # 2 of the 8 training inputs held out
     assert info["best_step"] in (2, 4, 6) and info["best_val_kl"] >= 0
     assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_the_default_validation_split_spares_small_behaviours_and_given_outputs():
+    def targets(n: int) -> Targets:
+        t = Targets()
+        for i in range(n):
+            t.keep({"input": str(i)}, i, "a", "a", View((1,), (2,)), (1,), None)
+        return t
+
+    cfg = TrainConfig()
+    assert cfg.validation == 0.1 and cfg.min_steps == 100  # the defaults EXPERIMENTS.md section 11 chose on dev
+    small, large = targets(pipeline.MIN_VALIDATION_INPUTS - 1), targets(30)
+    taught, held = pipeline._validation_split([small, large], cfg)
+    assert len(taught[0]) == len(small)  # too few inputs: all of them train
+    assert len(held) == 3 and len(taught[1]) == 27 and not set(held.source) & set(taught[1].source)
+    taught, held = pipeline._validation_split([small], cfg)
+    assert taught[0] is small and held is None
+    assert pipeline._validation_split([large], TrainConfig(targets="data", loss="ce"))[1] is None
+    assert pipeline._validation_split([large], TrainConfig(validation=0.0))[1] is None

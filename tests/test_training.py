@@ -52,10 +52,10 @@ def test_schedule_constant_and_no_warmup():
     "n, cfg, expected",
     [
         (100, TrainConfig(max_steps=7), 7),
-        (10, TrainConfig(epochs=2, batch_size=4), 6),
-        (10, TrainConfig(epochs=1, batch_size=4, grad_accum=2), 2),
-        (3, TrainConfig(epochs=3, batch_size=8), 3),
-        (0, TrainConfig(epochs=2, batch_size=8), 2),
+        (10, TrainConfig(epochs=2, batch_size=4, min_steps=0), 6),
+        (10, TrainConfig(epochs=1, batch_size=4, grad_accum=2, min_steps=0), 2),
+        (3, TrainConfig(epochs=3, batch_size=8, min_steps=0), 3),
+        (0, TrainConfig(epochs=2, batch_size=8, min_steps=0), 2),
         (10, TrainConfig(epochs=1, batch_size=4, min_steps=8), 8),  # few inputs: more epochs, up to min_steps
         (100, TrainConfig(epochs=1, batch_size=4, min_steps=8), 25),
         (10, TrainConfig(max_steps=5, min_steps=8), 5),  # max_steps says it all
@@ -140,7 +140,7 @@ def test_fit_epochs_when_no_max_steps(tiny):
     model, tok = tiny
     student = make_student(model, LORA)
     targets = _targets(tok)  # 6 answers
-    cfg = TrainConfig(epochs=2, batch_size=4, grad_accum=1, seed=0)
+    cfg = TrainConfig(epochs=2, batch_size=4, grad_accum=1, seed=0, min_steps=0)
     history = _fit(student, tok, targets, cfg)
     assert len(history) == num_steps(len(targets), cfg) == 4
 
@@ -211,7 +211,7 @@ def test_length_buckets_cut_padding_and_keep_every_example(tiny_model_dir, monke
     padding = {}
     for buckets in (1, 4):
         seen.clear()
-        cfg = TrainConfig(epochs=1, batch_size=2, length_buckets=buckets, seed=3, warmup_ratio=0.0)
+        cfg = TrainConfig(epochs=1, batch_size=2, length_buckets=buckets, seed=3, warmup_ratio=0.0, min_steps=0)
         model, _ = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu"))
         history = _fit(make_student(model, LORA), tok, targets, cfg)
         assert sorted(i for b in seen[id(recording)] for i in b) == list(range(len(views)))  # each once

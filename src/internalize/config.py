@@ -365,12 +365,14 @@ class TrainConfig(_Section):
     keep_checkpoints: int = _help("Checkpoints kept in OUT/checkpoints (the newest ones).", default=2)
     max_bad_steps: int = _help("Steps whose loss or gradient is NaN or infinite are skipped; after this many the "
                                "run stops, keeping its last checkpoint.", default=5)
-    min_steps: int = _help("At least this many optimizer steps: with few inputs, more epochs (0 = as epochs give).",
-                           default=0)
-    validation: float = _help("Hold out this share of the training inputs (at least one) as a validation split: "
-                              "the student's KL to the teacher there is measured during training "
+    min_steps: int = _help("At least this many optimizer steps: with few inputs, more epochs (0 = as epochs give). "
+                           "The default was chosen on dev from 30 to 3,000 inputs (EXPERIMENTS.md section 11).",
+                           default=100)
+    validation: float = _help("Hold out this share of each behaviour's training inputs (at least one) as a validation "
+                              "split: the student's KL to the teacher there is measured during training "
                               "(train.validate_every), the best weights are kept, and training stops after "
-                              "train.patience measurements without improvement (0 = off).", default=0.0)
+                              "train.patience measurements without improvement (0 = off; behaviours with fewer than "
+                              "10 inputs and train.targets=data are not split).", default=0.1)
     validate_every: int = _help("With train.validation: measure every this many steps (0 = ten times a run).",
                                 default=0)
     patience: int = _help("With train.validation: stop after this many measurements without a better KL "

@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .behaviours import Behaviour, fit_window, load_behaviours
-from .config import Config, InternalizeError, TeacherConfig
+from .config import Config, InternalizeError, TeacherConfig, TrainConfig
 from .data import Record, read_jsonl, split_inputs
 from .evaluation import ConditionResult, evaluate_behaviours, forgetting, mean_kl, metrics_of, retention
 from .models import TeacherWeights, inference_mode, load_model, make_student, save_artifact
@@ -218,10 +218,7 @@ def distill(cfg: Config) -> dict[str, Any]:
         model = make_student(model, cfg.model)
         with run.stage("teacher"):
             taught = _targets(model, tokenizer, behaviours, cfg, runtime)
-            validation = None
-            if cfg.train.validation:  # a share of each behaviour's inputs: measured during training, never trained on
-                splits = [t.split(cfg.train.validation, cfg.train.seed) for t in taught]
-                taught, validation = [t for t, _ in splits], Targets.concat([v for _, v in splits])
+            taught, validation = _validation_split(taught, cfg.train)
             rehearsal = (_rehearsal(model, tokenizer, sum(map(len, taught)), cfg, runtime) if cfg.train.retain
                          else None)
             targets = Targets.concat(taught + ([rehearsal] if rehearsal is not None else []))
@@ -293,6 +290,29 @@ def distill(cfg: Config) -> dict[str, Any]:
         log.info("wrote %s: %s", run.dir / "report.md", summary(metrics))
     runtime.barrier()  # the other processes wait for the report
     return metrics
+
+
+MIN_VALIDATION_INPUTS = 10  # a behaviour with fewer training inputs keeps them all for training
+
+
+def _validation_split(taught: list[Targets], cfg: TrainConfig) -> tuple[list[Targets], Targets | None]:
+    """(what each behaviour trains on, the validation split or None): ``cfg.validation`` of each behaviour's inputs,
+    measured during training and never trained on; none for given outputs or behaviours of few inputs."""
+    if not cfg.validation or cfg.targets == "data":  # given outputs have no teacher distributions to measure KL to
+        return taught, None
+    kept, held = [], []
+    for t in taught:
+        if len(set(t.source)) < MIN_VALIDATION_INPUTS:
+            kept.append(t)
+            continue
+        train, val = t.split(cfg.validation, cfg.seed)
+        kept.append(train)
+        held.append(val)
+    if not held:
+        log.info("no validation split (train.validation): every behaviour has fewer than %d training inputs",
+                 MIN_VALIDATION_INPUTS)
+        return taught, None
+    return kept, Targets.concat(held)
 
 
 def synthesize_inputs(cfg: Config) -> dict[str, Any]:
