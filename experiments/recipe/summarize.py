@@ -28,10 +28,14 @@ from __future__ import annotations
 import json
 import re
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parents[1]))
+from experiments.onpolicy.summarize import _row as onpolicy_row  # noqa: E402
+
 RESULTS = HERE / "results"
 SIZES = (30, 300, 3000)
 ARMS = {"A": "over.yaml (lr 1e-3, 1 epoch)", "B": "A + min_steps 50", "C": "A + min_steps 50 + validation 0.1",
@@ -61,17 +65,12 @@ def _mean(values: list[float], percent: bool = False) -> str:
 
 
 def test_row(runs: list[dict]) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = defaultdict(list)
+    """The on-policy comparison's columns of these runs (score, gain, kept, kl_neutral, wall_s, ...), with the
+    steps taken and the validation's best step."""
+    out = onpolicy_row(runs)
     for r in runs:
-        m = r["metrics"]["main"]
-        base, teacher, student = (m[c]["score"] for c in ("base", "teacher", "student"))
-        out["score"].append(student)
-        out["gain"].append((student - base) / (teacher - base))
-        out["kept"].append(r["retention"]["kept"])
-        out["kl"].append(r["forgetting"]["kl_original_student"])
         out["steps"].append(r["steps"])
         out["best"].append(r.get("best_step", r["steps"]))
-        out["wall"].append(r["wall_s"])
     return out
 
 
@@ -116,7 +115,7 @@ def main() -> None:
             lines.append(f"| {size} | {arm}{shared} | {len(runs)} | "
                          f"{statistics.fmean(t['steps']):.0f} ({statistics.fmean(t['best']):.0f}) | "
                          f"{_mean(t['score'], True)} | {_mean(t['gain'], True)} | {_mean(t['kept'], True)} | "
-                         f"{_mean(t['kl'])} | {statistics.fmean(t['wall']):.0f} | {_mean(d['gain'], True)} | "
+                         f"{_mean(t['kl_neutral'])} | {statistics.fmean(t['wall_s']):.0f} | {_mean(d['gain'], True)} | "
                          f"{_mean(d['kept'], True)} |")
     arm, worst = choose(table, dev)
     lines += ["", "Arms: " + "; ".join(f"**{a}** {text}" for a, text in ARMS.items()) + ".", ""]
