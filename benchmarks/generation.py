@@ -10,7 +10,9 @@ One process, side by side, SmolLM2-135M-Instruct on the CPU, three workloads:
     stands in for no one here: its lengths are similar, its text is not); up to 328 new tokens;
 (c) ``context``: the context-length benchmark of ``benchmarks/prefix_cache.py`` (274 to 4,117 context
     tokens, 16 held-out questions, 12 new tokens, full-vocabulary distributions); the marginal
-    cost per input leaves out the one-off prefill of the shared context.
+    cost per input leaves out the one-off prefill of the shared context (timed apart), and the slope
+    (static, dynamic) is the cost of the second half of the questions: the run on all of them minus
+    the run on the first half, over the inputs added, where the prefill cancels.
 
 Paths: ``static`` (``internalize.engine``: the prefix once, a preallocated cache, finished rows
 refilled), ``dynamic`` (today's loop over ``DynamicCache``, ``generate(..., engine="dynamic")``) and
@@ -167,9 +169,14 @@ def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int],
         runs = {path: measure(model, tokenizer, prompts if path != "hf" else prompts[:hf_inputs], 12, len(prompts),
                               device, path, 0, peak) for path in ("static", "dynamic", "hf")}
         prefill = {"static": static_prefill, "dynamic": dynamic_prefill, "hf": 0.0}
+        # the slope: the same context on the first half of the questions and on all of them; the prefill cancels
+        half = {path: measure(model, tokenizer, prompts[: len(prompts) // 2], 12, len(prompts), device, path, 0, peak)
+                for path in ("static", "dynamic")}
+        slope = {p: (runs[p]["seconds"] - half[p]["seconds"]) / (runs[p]["inputs"] - half[p]["inputs"]) for p in half}
         row = {"context_tokens": len(prompts[0]), "prefix_tokens": len(prefix),
                **{f"{p}_marginal_s_per_input": round((r["seconds"] - prefill[p]) / r["inputs"], 3)
                   for p, r in runs.items()},
+               **{f"{p}_slope_s_per_input": round(slope[p], 3) for p in slope},
                **{f"{p}_prefill_s": round(prefill[p], 3) for p in ("static", "dynamic")},
                **{f"{p}_tokens_per_s": r["tokens_per_s"] for p, r in runs.items()},
                **{f"{p}_mfu": r["mfu"] for p, r in runs.items()},
@@ -179,7 +186,9 @@ def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int],
     first, last = rows[0], rows[-1]
     growth = {p: round(last[f"{p}_marginal_s_per_input"] / first[f"{p}_marginal_s_per_input"], 2)
               for p in ("static", "dynamic", "hf")}
-    return {"rows": rows, "marginal_growth_first_to_last": growth}
+    slope_growth = {p: round(last[f"{p}_slope_s_per_input"] / first[f"{p}_slope_s_per_input"], 2)
+                    for p in ("static", "dynamic")}
+    return {"rows": rows, "marginal_growth_first_to_last": growth, "slope_growth_first_to_last": slope_growth}
 
 
 def main() -> None:
