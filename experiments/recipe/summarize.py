@@ -8,7 +8,9 @@ Every record ``experiments/recipe/results/over_{SIZE}_{ARM}[_seedN].json`` is on
 - **C**: A with ``train.min_steps=50 train.validation=0.1`` (patience 3, measured ten times a run);
 - **D**: A with ``train.min_steps=100 train.validation=0.1``;
 - **E**, **F**: A with ``train.min_steps=16`` and ``32``: smaller floors, added after A-D had run (to find the
-  smallest floor that works: 16 leaves the main job's 130 inputs at their 17 steps).
+  smallest floor that works: 16 leaves the main job's 130 inputs at their 17 steps);
+- **G**: the new defaults (D) at the library's own lr 2e-4 and 2 epochs, run after the choice, at 30
+  inputs only (it has no cell at the other sizes, so the choice never sees it).
 
 An epoch is 36 steps at 300 inputs and 355 at 3,000, so some arms are the same run there: B equals A
 at 3,000 and D equals C; E and F equal A at 300 and 3,000. Those runs are shared.
@@ -39,7 +41,8 @@ from experiments.onpolicy.summarize import _row as onpolicy_row  # noqa: E402
 RESULTS = HERE / "results"
 SIZES = (30, 300, 3000)
 ARMS = {"A": "over.yaml (lr 1e-3, 1 epoch)", "B": "A + min_steps 50", "C": "A + min_steps 50 + validation 0.1",
-        "D": "A + min_steps 100 + validation 0.1", "E": "A + min_steps 16", "F": "A + min_steps 32"}
+        "D": "A + min_steps 100 + validation 0.1", "E": "A + min_steps 16", "F": "A + min_steps 32",
+        "G": "D at the library's lr 2e-4, 2 epochs (after the choice; 30 inputs, test only)"}
 SHARED = {("B", 3000): "A", ("D", 3000): "C", ("E", 300): "A", ("E", 3000): "A", ("F", 300): "A",
           ("F", 3000): "A"}  # the same run: the floor is below what the epochs give
 
