@@ -500,8 +500,8 @@ def test_generate_without_the_prefix_cache_is_the_same(tiny, monkeypatch, engine
     assert prefixes[0] == len(Prefix.shared(prompts)) and prefixes[1:] == [0]  # the second ran every prompt whole
     assert [[g.ids for g in s] for s in cached] == [[g.ids for g in s] for s in uncached]
     assert len({s[0].ids for s in cached}) > 1
-    for (mine,), (theirs,) in zip(cached, uncached, strict=True):
-        torch.testing.assert_close(mine.logp, theirs.logp, atol=1e-5, rtol=1e-5)
+    for (mine,), (theirs,) in zip(cached, uncached, strict=True):  # the engine's prefix goes through PyTorch's fused
+        torch.testing.assert_close(mine.logp, theirs.logp, atol=1e-4, rtol=1e-4)  # CPU attention (a faster exp)
 
 
 def test_generate_greedy_equals_hugging_face_generate(tiny):

@@ -185,3 +185,31 @@ def test_static_equals_dynamic_with_stop_strings(tiny):
                          engine=e) for e in ("static", "dynamic")]
     _same(*runs)
     assert any(g[0].finished for g in runs[0])
+
+
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (6, None), (None, 5.0)])
+def test_prefix_attention_is_one_softmax_over_prefix_and_row(window, softcap):
+    """The fused prefix part joined to the masked row part by log-sum-exp (or, with a window or soft-cap, the scores
+    formed together) equals plain attention over each row's prefix + own keys, masked by slot."""
+    torch.manual_seed(0)
+    n, heads, kv_heads, T, S, P, D = 3, 4, 2, 2, 5, 7, 8
+    prefix = {0: (torch.randn(1, kv_heads, P, D), torch.randn(1, kv_heads, P, D))}
+    buffer = engine.KVBuffer(n, S, prefix)
+    slots = torch.tensor([[3, 4], [0, 1], [5, 5]])  # the last row: padding queries at the scratch slot
+    buffer.set_call(slots, S)
+    query, key, value = torch.randn(n, heads, T, D), torch.randn(n, kv_heads, S, D), torch.randn(n, kv_heads, S, D)
+    token = engine._BUFFER.set(buffer)
+    try:
+        out, _ = engine.prefix_attention(type("Layer", (), {"layer_idx": 0})(), query, key, value, None,
+                                         sliding_window=window, softcap=softcap)
+    finally:
+        engine._BUFFER.reset(token)
+    keys = torch.cat([prefix[0][0].expand(n, -1, -1, -1), key], 2).repeat_interleave(heads // kv_heads, 1)
+    values = torch.cat([prefix[0][1].expand(n, -1, -1, -1), value], 2).repeat_interleave(heads // kv_heads, 1)
+    scores = query @ keys.transpose(2, 3) * D**-0.5
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    position = torch.arange(P + S)  # the prefix at 0..P-1, row slot j at P + j
+    seen = (position <= (P + slots)[:, None, :, None]) & ((P + slots)[:, None, :, None] - position < (window or P + S + 1))
+    expected = torch.softmax(scores.masked_fill(~seen, float("-inf")), -1) @ values
+    torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)

@@ -112,32 +112,75 @@ def prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      sliding_window: int | None = None, softcap: float | None = None, **kwargs,
                      ) -> tuple[torch.Tensor, None]:
     """Attention of ``query`` [n, H, T, D] to the shared prefix and to each row's own ``key``/``value``
-    [n, Hkv, S, D] (from ``KVBuffer.update``); softmax over both together in fp32. Returns [n, T, H, D]."""
+    [n, Hkv, S, D] (from ``KVBuffer.update``), one softmax over both, in fp32. Returns [n, T, H, D].
+
+    Every query sees the whole prefix unless a sliding window or a logit soft-cap says otherwise, so the prefix
+    part is one fused attention of all rows' queries against the one prefix (no mask, no score tensor kept), and
+    the row part a small masked one; the two are joined by their log-sum-exps. With a window or a soft-cap, the
+    scores over prefix and row are formed together and masked (``_joint``); with a soft-cap, even with no prefix."""
     buffer = _BUFFER.get()
     if buffer is None:
         raise RuntimeError(f"the {ATTENTION!r} attention runs only inside internalize.engine.generate")
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("attention sinks are not supported by the generation engine; use engine='dynamic'")
     n, heads, length, dim = query.shape
-    kv_heads, span = key.shape[1], key.shape[2]
-    groups = heads // kv_heads
+    kv_heads = key.shape[1]
     scaling = dim**-0.5 if scaling is None else scaling
-    q = query.reshape(n, kv_heads, groups * length, dim)
-    scores = [torch.matmul(q, key.transpose(2, 3)).view(n, kv_heads, groups, length, span)]
+    q = query.reshape(n, kv_heads, heads // kv_heads * length, dim)  # query heads grouped by the key head they read
+    if softcap is not None or (buffer.prefix_len and sliding_window is not None):
+        out = _joint(buffer, module.layer_idx, q, key, value, scaling, sliding_window, softcap)
+    else:
+        own = buffer.mask(sliding_window)[..., buffer.prefix_len :]  # [n, 1, 1, T, S]: the row's own slots
+        own = own.expand(n, 1, heads // kv_heads, length, -1).flatten(2, 3)
+        out, lse = _attend(q, key, value, scaling, own)
+        if buffer.prefix_len:
+            pk, pv = buffer.prefix[module.layer_idx]
+            flat = q.transpose(0, 1).reshape(1, kv_heads, -1, dim)  # every row's queries against the one prefix
+            shared, shared_lse = _attend(flat, pk, pv, scaling)
+            shared = shared[0].view(kv_heads, n, -1, dim).transpose(0, 1)
+            shared_lse = shared_lse[0].view(kv_heads, n, -1).transpose(0, 1)
+            total = torch.logaddexp(lse, shared_lse)
+            out = out * (lse - total).exp()[..., None] + shared.float() * (shared_lse - total).exp()[..., None]
+    return out.to(value.dtype).view(n, heads, length, dim).transpose(1, 2).contiguous(), None
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float, seen: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax attention of ``q`` [B, Hkv, L, D] over ``k``/``v`` [B, Hkv, S, D] where ``seen`` [B, 1, L, S]
+    (None: everywhere): the output [B, Hkv, L, D] and each query's log-sum-exp [B, Hkv, L], both fp32. Unmasked on
+    the CPU, PyTorch's fused flash attention (no [L, S] scores held)."""
+    if seen is None and q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scaling)
+        return out.float(), lse.float()
+    scores = torch.matmul(q, k.transpose(2, 3)).float() * scaling
+    if seen is not None:
+        scores = scores.masked_fill(~seen, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    return torch.matmul((scores - lse[..., None]).exp().to(v.dtype), v).float(), lse
+
+
+def _joint(buffer: KVBuffer, layer: int, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float,
+           window: int | None, softcap: float | None) -> torch.Tensor:
+    """``prefix_attention`` with the prefix's and the row's scores formed together, soft-capped and masked by
+    position (a sliding window may hide part of the prefix): [n, Hkv, groups * T, D] in fp32."""
+    n, kv_heads, rows, dim = q.shape
+    length = buffer.slots.shape[1]
+    scores = torch.matmul(q, key.transpose(2, 3))
     if buffer.prefix_len:
-        pk, pv = buffer.prefix[module.layer_idx]
-        flat = q.transpose(0, 1).reshape(kv_heads, n * groups * length, dim)  # every row against the one prefix
-        scores.insert(0, torch.matmul(flat, pk[0].transpose(1, 2)).view(kv_heads, n, groups, length, -1).transpose(0, 1))
-    scores = torch.cat(scores, dim=-1) * scaling
+        pk, pv = buffer.prefix[layer]
+        flat = q.transpose(0, 1).reshape(kv_heads, n * rows, dim)  # every row against the one prefix
+        shared = torch.matmul(flat, pk[0].transpose(1, 2)).view(kv_heads, n, rows, -1).transpose(0, 1)
+        scores = torch.cat([shared, scores], dim=-1)
+    scores = scores.float() * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~buffer.mask(sliding_window), float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out = torch.matmul(probs[..., buffer.prefix_len :].reshape(n, kv_heads, groups * length, span), value)
-    if buffer.prefix_len:
-        p = probs[..., : buffer.prefix_len].transpose(0, 1).reshape(kv_heads, n * groups * length, -1)
-        out = out + torch.matmul(p, pv[0]).view(kv_heads, n, groups * length, dim).transpose(0, 1)
-    return out.view(n, heads, length, dim).transpose(1, 2).contiguous(), None
+    scores = scores.view(n, kv_heads, rows // length, length, -1).masked_fill(~buffer.mask(window), float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(n, kv_heads, rows, -1).to(value.dtype)
+    out = torch.matmul(probs[..., buffer.prefix_len :], value).float()
+    if not buffer.prefix_len:
+        return out
+    p = probs[..., : buffer.prefix_len].transpose(0, 1).reshape(kv_heads, n * rows, -1)
+    return out + torch.matmul(p, pv[0]).view(kv_heads, n, rows, dim).transpose(0, 1).float()
 
 
 AttentionInterface.register(ATTENTION, prefix_attention)
