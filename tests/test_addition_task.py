@@ -1,8 +1,11 @@
-"""experiments/addition/task.py: problems, scratch-pads, scorers, and the teacher's view of a fine-tuning input."""
+"""experiments/addition/task.py: problems, scratch-pads, scorers, the teacher's view of a fine-tuning input, the data
+writer (the measured 1-5 digit files and the 1-8 digit rerun's), and evaluate.py's unseen test sets."""
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
 
 import pytest
 
@@ -61,3 +64,82 @@ def test_make_data_sets_are_disjoint_and_word_problems_state_the_sum():
     assert all(r["input"].startswith(task.SCRATCHPAD) for r in data["finetune_scratchpad"])
     for rec in task.word_problems(20, [3], seed=1):
         assert str(rec["a"]) in rec["input"] and str(rec["b"]) in rec["input"] and rec["output"] == str(rec["a"] + rec["b"])
+
+
+RERUN = ["--digits", "1", "2", "3", "4", "5", "6", "7", "8", "--finetune", "3200", "--distill", "4000", "--dev", "80"]
+
+
+def _read(folder) -> dict[str, list[dict]]:
+    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()] for p in sorted(folder.glob("*.jsonl"))}
+
+
+def _lengths(rows: list[dict]) -> Counter:
+    return Counter(task.digits_of(r) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def data8(tmp_path_factory):
+    """The 1-8 digit rerun's data, written by task.py's main with the README's options."""
+    out = tmp_path_factory.mktemp("data8")
+    task.main([*RERUN, "--out", str(out)])
+    return out
+
+
+def test_the_default_writer_still_writes_the_committed_1_to_5_digit_files(tmp_path, capsys):
+    task.main(["--out", str(tmp_path)])
+    assert "distill: 1500" in capsys.readouterr().out
+    committed = sorted((task.HERE / "data").glob("*.jsonl"))
+    assert [p.name for p in committed] == [p.name for p in sorted(tmp_path.glob("*.jsonl"))]
+    for path in committed:  # byte for byte: the measured experiment's data
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+    data = _read(tmp_path)
+    assert set(_lengths(data["finetune_direct"])) == {1, 2, 3, 4, 5} and set(_lengths(data["distill"])) == {2, 3, 4, 5}
+
+
+def test_the_writer_refuses_another_set_in_the_measured_data_folder(monkeypatch, capsys):
+    monkeypatch.setattr(task, "write_data", lambda *args, **kwargs: pytest.fail("wrote into data/"))
+    with pytest.raises(SystemExit):
+        task.main(RERUN)
+    assert "holds the measured 1-5 digit set" in capsys.readouterr().err
+
+
+def test_the_1_to_8_digit_writer_covers_every_length_in_disjoint_sets(data8):
+    data = _read(data8)
+    assert {k: len(v) for k, v in data.items()} == {"dev": 80, "dev_scratchpad": 80, "distill": 4000, "finetune_direct": 3200,
+                                                    "finetune_scratchpad": 3200, "multitask": 6400}
+    pairs = {name: [(r["a"], r["b"]) for r in rows] for name, rows in data.items()}
+    finetune, distill, dev = set(pairs["finetune_direct"]), set(pairs["distill"]), set(pairs["dev"])
+    assert len(finetune) == 3200 and len(distill) == 4000 and len(dev) == 80  # no problem twice within a set
+    assert not finetune & distill and not finetune & dev and not distill & dev
+    assert pairs["finetune_scratchpad"] == pairs["finetune_direct"] and pairs["dev_scratchpad"] == pairs["dev"]
+    assert data["multitask"] == data["finetune_scratchpad"] + data["finetune_direct"]
+    # every length 2-8 is taught by distillation in roughly equal shares; the 100 one-digit problems all go to
+    # fine-tuning first, as in the 1-5 digit data
+    distill_lengths, finetune_lengths = _lengths(data["distill"]), _lengths(data["finetune_direct"])
+    assert set(distill_lengths) == set(range(2, 9)) and min(distill_lengths.values()) > 450
+    assert set(finetune_lengths) == set(range(1, 9)) and finetune_lengths[1] == 100
+    assert {p for p in finetune if p[0] < 10} == task.all_problems(1)
+    assert all(len(str(a)) == len(str(b)) for a, b in finetune | distill | dev)
+    for rec in data["finetune_scratchpad"]:
+        assert rec["input"].startswith(task.SCRATCHPAD) and task.scratchpad_answer(rec, rec["output"]) == 1.0
+        assert len(rec["output"].split("\n")) == task.digits_of(rec) + 2  # first line, one per column, the answer
+    assert all(task.direct(r, r["output"]) == 1.0 for r in data["distill"] + data["dev"])
+
+
+def test_the_evaluation_of_the_rerun_tests_unseen_problems_at_every_length(data8):
+    from experiments.addition import evaluate
+
+    digits = list(range(1, 9))
+    sets = evaluate.test_sets(40, 5, 200, seed=0, digits=digits, data=[data8])
+    seen = {(r["a"], r["b"]) for rows in _read(data8).values() for r in rows}
+    for d in digits:
+        rows = sets[f"direct_{d}"]
+        assert {task.digits_of(r) for r in rows} == {d} and len(sets[f"scratchpad_{d}"]) == 5
+        assert len(rows) == (100 if d == 1 else 40)
+        if d > 1:
+            assert not {(r["a"], r["b"]) for r in rows} & seen
+    assert {task.digits_of(r) for r in sets["word"]} == set(digits)
+    default = evaluate.test_sets(10, 1, 5, seed=0)  # without the options: the measured 1-5 digit evaluation's lengths
+    assert set(default) == {f"{k}_{d}" for k in ("direct", "scratchpad") for d in (1, 2, 3, 4, 5)} | {"word"}
+    with pytest.raises(FileNotFoundError, match="write them first"):
+        evaluate.test_sets(10, 1, 5, seed=0, data=[data8 / "missing"])

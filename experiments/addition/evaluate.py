@@ -7,6 +7,9 @@ NAME`` that model is also scored with the scratch-pad request (``task.scratchpad
 ``--scratchpad-per-length`` problems per length; ``--fewer NAME=N`` scores a model known to fail on
 only the first N problems of each length. Mean generated tokens per answer give the inference cost.
 Writes ``experiments/addition/results/OUT.json`` and ``OUT.png`` beside it (``--out``, default addition).
+The lengths are ``--digits`` (default ``task.DIGITS``, 1-5) and the excluded problems those of the JSONL
+files in ``--data`` (default ``experiments/addition/data``); the 1-8 digit rerun (README.md) passes
+``--digits 1 2 3 4 5 6 7 8 --data experiments/addition/data8 --out addition8``.
 
     python -m experiments.addition.evaluate --scratchpad teacher --scratchpad-per-length 100 \\
         --fewer base=200 --fewer teacher=200 base=smollm2-135m teacher=runs/addition_teacher/model \\
@@ -36,24 +39,33 @@ ROOT = Path(__file__).resolve().parents[2]
 log = logging.getLogger("addition")
 
 
-def _seen() -> set[tuple[int, int]]:
-    """Every problem in the experiment's training and dev files."""
+DATA = task.HERE / "data"
+
+
+def _seen(folders: list[Path]) -> set[tuple[int, int]]:
+    """Every problem in the training and dev files (``*.jsonl``) of ``folders``."""
     seen = set()
-    for path in (task.HERE / "data").glob("*.jsonl"):
+    for path in (p for folder in folders for p in sorted(Path(folder).glob("*.jsonl"))):
         for line in path.read_text().splitlines():
             row = json.loads(line)
             seen.add((row["a"], row["b"]))
     return seen
 
 
-def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int) -> dict[str, list[dict[str, Any]]]:
-    seen = _seen()
+def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int, digits: list[int] | None = None,
+              data: list[Path] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Unseen problems per length (direct and scratch-pad) and word problems; ``digits`` default ``task.DIGITS``,
+    ``data`` (the folders whose problems are excluded) default ``data/``."""
+    digits = digits or task.DIGITS
+    seen = _seen(data or [DATA])
+    if not seen:
+        raise FileNotFoundError(f"no training files in {[str(f) for f in data or [DATA]]}: write them first (task.py)")
     sets = {}
-    for d in task.DIGITS:  # 1 digit has only 100 problems, all seen in training: it is scored on all of them
+    for d in digits:  # 1 digit has only 100 problems, all seen in training: it is scored on all of them
         pairs = sorted(task.all_problems(1)) if d == 1 else task.problems(per_length, [d], seed + 100 + d, exclude=seen)
         sets[f"direct_{d}"] = [task.record(a, b) for a, b in pairs]
         sets[f"scratchpad_{d}"] = [task.with_context(task.record(a, b, "scratchpad")) for a, b in pairs[:scratch_per_length]]
-    sets["word"] = task.word_problems(words, task.DIGITS, seed + 7)
+    sets["word"] = task.word_problems(words, digits, seed + 7)
     return sets
 
 
@@ -73,13 +85,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    digits = results["digits"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, res in results["models"].items():
-        ax.plot(task.DIGITS, [res[f"direct_{d}"]["accuracy"] for d in task.DIGITS], marker="o", label=f"{name} (direct)")
-        if f"scratchpad_{task.DIGITS[0]}" in res:
-            ax.plot(task.DIGITS, [res[f"scratchpad_{d}"]["accuracy"] for d in task.DIGITS], marker="s",
+        ax.plot(digits, [res[f"direct_{d}"]["accuracy"] for d in digits], marker="o", label=f"{name} (direct)")
+        if f"scratchpad_{digits[0]}" in res:
+            ax.plot(digits, [res[f"scratchpad_{d}"]["accuracy"] for d in digits], marker="s",
                     linestyle="--", label=f"{name} (scratch-pad)")
-    ax.set(xlabel="digits per number", ylabel="exact-match accuracy", ylim=(-0.02, 1.02), xticks=task.DIGITS,
+    ax.set(xlabel="digits per number", ylabel="exact-match accuracy", ylim=(-0.02, 1.02), xticks=digits,
            title="Addition: direct answers after context distillation")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -98,23 +111,29 @@ def main() -> None:
                              "fail); repeat for several models")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--digits", type=int, nargs="+", default=task.DIGITS, help="the digit lengths scored")
+    parser.add_argument("--data", type=Path, nargs="+", default=[DATA],
+                        help="folders of the models' training and dev JSONL files: their problems are not tested")
     parser.add_argument("--out", default="addition")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
-    sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed)
+    sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed, args.digits, args.data)
+    options = ([f"--digits {' '.join(map(str, args.digits))}"] if args.digits != task.DIGITS else []) \
+        + ([f"--data {' '.join(map(str, args.data))}"] if args.data != [DATA] else []) \
+        + ([f"--out {args.out}"] if args.out != "addition" else [])
     results: dict[str, Any] = {"command": "python -m experiments.addition.evaluate " + " ".join(
         ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else [])
         + [f"--scratchpad-per-length {args.scratchpad_per_length}"] + [f"--fewer {f}" for f in args.fewer]
-        + args.models), "seed": args.seed,
-        "digits": task.DIGITS, "models": {}}
+        + options + args.models), "seed": args.seed,
+        "digits": args.digits, "models": {}}
     fewer = {name: int(n) for name, _, n in (spec.partition("=") for spec in args.fewer)}
     runtime = Runtime.local(ModelConfig().device)
     for spec in args.models:
         name, _, path = spec.partition("=")
         model, tokenizer = load_model(ModelConfig(name=path), runtime)
         res: dict[str, Any] = {"model": path}
-        for d in task.DIGITS:
+        for d in args.digits:
             res[f"direct_{d}"] = score(model, tokenizer, sets[f"direct_{d}"][: fewer.get(name)], task.direct, 16,
                                        args.batch_size, runtime.device)
             if name == args.scratchpad:

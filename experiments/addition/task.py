@@ -1,6 +1,7 @@
 """The addition task of the reasoning experiment: problems, scratch-pads, answers, scorers, word problems.
 
-Problems are ``a + b`` with both numbers of the same digit length (1 to 8), lengths uniform, seeded.
+Problems are ``a + b`` with both numbers of the same digit length (1 to 5 by default, up to 8 for the
+rerun below), lengths uniform, seeded.
 The scratch-pad follows Nye et al. (2021): each line holds what is left of both numbers, the
 digits written so far and the carry, so every step reads only the line above it; each step also
 writes its column's sum out ("9 + 7 + 0 = 16"), in the spaced form the model already half knows::
@@ -13,10 +14,17 @@ writes its column's sum out ("9 + 7 + 0 = 16"), in the spaced form the model alr
     86                                   (the direct answer: what the student learns to say)
 
     python experiments/addition/task.py   # writes the experiment's data files (seeded) and prints counts
+
+With no options it writes the 1-5 digit set of EXPERIMENTS.md section 5 into ``data/``; the options
+write another set elsewhere (never into ``data/``), e.g. the 1-8 digit rerun's (issue 18; README.md says how it runs)::
+
+    python experiments/addition/task.py --digits 1 2 3 4 5 6 7 8 --finetune 3200 --distill 4000 --dev 80 \\
+        --out experiments/addition/data8
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import re
 from pathlib import Path
@@ -141,12 +149,32 @@ def make_data(digits: list[int], n_finetune: int, n_distill: int, n_dev: int, se
     }
 
 
-def main() -> None:
-    data = make_data(DIGITS, N_FINETUNE, N_DISTILL, N_DEV)
+def write_data(out: Path, digits: list[int], n_finetune: int, n_distill: int, n_dev: int,
+               seed: int = 0) -> dict[str, int]:
+    """Write ``make_data``'s sets, plus the multitask set (both fine-tuning formats), as ``out/NAME.jsonl``;
+    returns each file's record count."""
+    data = make_data(digits, n_finetune, n_distill, n_dev, seed)
     data["multitask"] = data["finetune_scratchpad"] + data["finetune_direct"]
     for name, rows in data.items():
-        write_jsonl(HERE / "data" / f"{name}.jsonl", rows)
-        print(f"{name}: {len(rows)}")
+        write_jsonl(Path(out) / f"{name}.jsonl", rows)
+    return {name: len(rows) for name, rows in data.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--digits", type=int, nargs="+", default=DIGITS, help="digit lengths, drawn uniformly")
+    parser.add_argument("--finetune", type=int, default=N_FINETUNE, help="fine-tuning problems (teacher, baselines)")
+    parser.add_argument("--distill", type=int, default=N_DISTILL, help="distillation inputs (also baseline 1's problems)")
+    parser.add_argument("--dev", type=int, default=N_DEV, help="dev problems (the runs' reports)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=HERE / "data", help="folder of the JSONL files")
+    args = parser.parse_args(argv)
+    measured = (DIGITS, N_FINETUNE, N_DISTILL, N_DEV, 0)
+    if args.out.resolve() == (HERE / "data").resolve() and (args.digits, args.finetune, args.distill, args.dev,
+                                                            args.seed) != measured:
+        parser.error(f"{HERE / 'data'} holds the measured 1-5 digit set; write another set with --out elsewhere")
+    for name, count in write_data(args.out, args.digits, args.finetune, args.distill, args.dev, args.seed).items():
+        print(f"{name}: {count}")
 
 
 if __name__ == "__main__":
