@@ -11,8 +11,8 @@ One process, side by side, SmolLM2-135M-Instruct on the CPU, three workloads:
 (c) ``context``: the context-length benchmark of ``benchmarks/prefix_cache.py`` (274 to 4,117 context
     tokens, 16 held-out questions, 12 new tokens, full-vocabulary distributions); the marginal
     cost per input leaves out the one-off prefill of the shared context (timed apart), and the slope
-    (static, dynamic) is the cost of the second half of the questions: the run on all of them minus
-    the run on the first half, over the inputs added, where the prefill cancels.
+    (static, dynamic) is the run on all of them minus the run on the first alone, over the 15 inputs
+    added, where the prefill cancels; each timing the median of ``--repeats`` runs (3).
 
 Paths: ``static`` (``internalize.engine``: the prefix once, a preallocated cache, finished rows
 refilled), ``dynamic`` (today's loop over ``DynamicCache``, ``generate(..., engine="dynamic")``) and
@@ -150,34 +150,44 @@ def addition_prompts(tokenizer, n_per_length: int = 32) -> list[list[int]]:
     return [prompt_ids(tokenizer, task.question(a, b), prompt) for a, b in sums]
 
 
-def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int], questions: int, hf_inputs: int) -> dict:
-    """(c): per context length, each path's marginal seconds per input (its own prefill of the context left out)."""
+def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int], questions: int, hf_inputs: int,
+                 repeats: int) -> dict:
+    """(c): per context length, each path's marginal seconds per input, two ways: its run on all ``questions`` less
+    its own prefill of the context (timed apart), and the slope (the run on all less the run on the first question
+    alone, over the inputs added: the prefill cancels). Each timing is the median of ``repeats`` runs."""
     behaviour = cfg.behaviours[0]
     texts = [r["input"] for r in read_jsonl(behaviour.eval_file, behaviour.key("eval_file"))[:questions]]
     rows = []
+
+    def median_run(path: str, prompts: list) -> dict:
+        runs = [measure(model, tokenizer, prompts, 12, len(texts), device, path, 0, peak) for _ in range(repeats)]
+        return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2] | {"all_seconds": [r["seconds"] for r in runs]}
+
     for target in lengths:
         teacher = context_of(tokenizer, behaviour.prompt, target)
         prompts = [prompt_ids(tokenizer, q, teacher) for q in texts]
         prefix = Prefix.shared(prompts)
+        prefill = {"static": [], "dynamic": [], "hf": [0.0]}
         with teacher_mode(model):
-            start = time.perf_counter()
-            engine.prefill(model, prefix.ids, device)
-            static_prefill = time.perf_counter() - start
-            start = time.perf_counter()
-            prefix.prefill(model, device)
-            dynamic_prefill = time.perf_counter() - start
-        runs = {path: measure(model, tokenizer, prompts if path != "hf" else prompts[:hf_inputs], 12, len(prompts),
-                              device, path, 0, peak) for path in ("static", "dynamic", "hf")}
-        prefill = {"static": static_prefill, "dynamic": dynamic_prefill, "hf": 0.0}
-        # the slope: the same context on the first half of the questions and on all of them; the prefill cancels
-        half = {path: measure(model, tokenizer, prompts[: len(prompts) // 2], 12, len(prompts), device, path, 0, peak)
-                for path in ("static", "dynamic")}
-        slope = {p: (runs[p]["seconds"] - half[p]["seconds"]) / (runs[p]["inputs"] - half[p]["inputs"]) for p in half}
-        row = {"context_tokens": len(prompts[0]), "prefix_tokens": len(prefix),
+            for _ in range(repeats):
+                start = time.perf_counter()
+                engine.prefill(model, prefix.ids, device)
+                prefill["static"].append(time.perf_counter() - start)
+                start = time.perf_counter()
+                prefix.prefill(model, device)
+                prefill["dynamic"].append(time.perf_counter() - start)
+        prefill = {p: sorted(t)[len(t) // 2] for p, t in prefill.items()}
+        runs = {path: median_run(path, prompts) for path in ("static", "dynamic")}
+        runs["hf"] = measure(model, tokenizer, prompts[:hf_inputs], 12, len(prompts), device, "hf", 0, peak)
+        one = {path: median_run(path, prompts[:1]) for path in ("static", "dynamic")}
+        slope = {p: (runs[p]["seconds"] - one[p]["seconds"]) / (runs[p]["inputs"] - 1) for p in one}
+        row = {"context_tokens": len(prompts[0]), "prefix_tokens": len(prefix), "repeats": repeats,
                **{f"{p}_marginal_s_per_input": round((r["seconds"] - prefill[p]) / r["inputs"], 3)
                   for p, r in runs.items()},
                **{f"{p}_slope_s_per_input": round(slope[p], 3) for p in slope},
                **{f"{p}_prefill_s": round(prefill[p], 3) for p in ("static", "dynamic")},
+               **{f"{p}_seconds_all_runs": runs[p]["all_seconds"] for p in ("static", "dynamic")},
+               **{f"{p}_seconds_one_input_runs": one[p]["all_seconds"] for p in ("static", "dynamic")},
                **{f"{p}_tokens_per_s": r["tokens_per_s"] for p, r in runs.items()},
                **{f"{p}_mfu": r["mfu"] for p, r in runs.items()},
                "static_vs_dynamic": agreement(runs["static"], runs["dynamic"])}
@@ -199,6 +209,7 @@ def main() -> None:
     parser.add_argument("--larger", type=int, default=128, help="(a), (b): the engine alone at this many rows too")
     parser.add_argument("--per-length", type=int, default=32, help="(b) sums per digit count, 1 to 8 digits")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 4096], help="(c) context targets in tokens")
+    parser.add_argument("--repeats", type=int, default=3, help="(c) runs per timing, the median kept")
     parser.add_argument("--out", default="benchmarks/results/generation.json")
     args = parser.parse_args()
     cfg = load_config(ROOT / "examples/over.yaml")
@@ -224,7 +235,7 @@ def main() -> None:
                                       cfg.teacher.batch_size, device, cfg.teacher.top_k, peak, args.hf_inputs,
                                       args.larger)
     if "context" in args.only:
-        report["context"] = context_rows(model, tokenizer, cfg, device, peak, args.lengths, 16, 4)
+        report["context"] = context_rows(model, tokenizer, cfg, device, peak, args.lengths, 16, 4, args.repeats)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
