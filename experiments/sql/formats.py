@@ -10,7 +10,8 @@ under each way of showing the same k examples:
   same user message before the input (instruction and schema appear once);
 - ``system``: that block as the system message.
 
-Writes ``experiments/sql/results/sql_formats_<warm-up run>.json``.
+Writes ``experiments/sql/results/sql_formats_<warm-up run>.json``: accuracy on the 30 per database, on the
+10 dev and on the 20 test apart, and the form the dev questions alone choose per k (``dev_choice``).
 
     python -m experiments.sql.formats --k 4 8 --model runs/sql_warmup/model
     python -m experiments.sql.formats --k 4 8 --model runs/sql_warmup_examples/model
@@ -58,7 +59,7 @@ def main() -> None:
     model_cfg = ModelConfig(name=str(ROOT / args.model))
     runtime = Runtime.local(model_cfg.device)
     model, tok = load_model(model_cfg, runtime)
-    scores: dict[str, dict[str, float]] = {}
+    scores: dict[str, dict[str, dict[str, float]]] = {}  # split -> form -> database -> accuracy
     for db in args.dbs:
         parts = split(db)
         held = parts["dev"] + parts["test"]
@@ -69,14 +70,22 @@ def main() -> None:
                 targets = answer(model, tok, held, prompt_config(form, parts["pool"][:k]), TEACHER, runtime,
                                  desc=f"{db} {form} k{k}")
                 answers = Reference.from_targets(targets, len(held)).answers
-                acc = statistics.mean(task.execution_match(r, a or "") for r, a in zip(held, answers, strict=True))
+                right = [task.execution_match(r, a or "") for r, a in zip(held, answers, strict=True)]
                 name = "none" if form == "none" else f"{form}_k{k}"
-                scores.setdefault(name, {})[db] = acc
-                log.info("%s %s: %.3f", db, name, acc)
+                dev = len(parts["dev"])  # held is dev, then test
+                for where, part in (("all", right), ("dev", right[:dev]), ("test", right[dev:])):
+                    scores.setdefault(where, {}).setdefault(name, {})[db] = statistics.mean(part)
+                log.info("%s %s: %.3f", db, name, statistics.mean(right))
     result = {"command": f"python -m experiments.sql.formats --k {' '.join(map(str, args.k))} --model {args.model}",
-              "model": args.model, "questions_per_db": 30, "execution_accuracy": scores,
-              "mean": {name: statistics.mean(v.values()) for name, v in scores.items()},
+              "model": args.model, "questions_per_db": 30, "execution_accuracy": scores["all"],
+              "mean": {name: statistics.mean(v.values()) for name, v in scores["all"].items()},
+              "mean_dev": {name: statistics.mean(v.values()) for name, v in scores["dev"].items()},
+              "mean_test": {name: statistics.mean(v.values()) for name, v in scores["test"].items()},
+              "by_split": {"dev": scores["dev"], "test": scores["test"]},
               "wall_s": round(time.perf_counter() - start, 1)}
+    # the form chosen on the dev questions alone, per k (the first best wins ties, in FORMATS order)
+    result["dev_choice"] = {k: max((f"{form}_k{k}" for form in FORMATS if form != "none"),
+                                   key=lambda name: result["mean_dev"][name]) for k in args.k}
     out = ROOT / f"experiments/sql/results/sql_formats_{Path(args.model).parent.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     log.info("mean %s", result["mean"])
