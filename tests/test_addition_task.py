@@ -143,3 +143,40 @@ def test_the_evaluation_of_the_rerun_tests_unseen_problems_at_every_length(data8
     assert set(default) == {f"{k}_{d}" for k in ("direct", "scratchpad") for d in (1, 2, 3, 4, 5)} | {"word"}
     with pytest.raises(FileNotFoundError, match="write them first"):
         evaluate.test_sets(10, 1, 5, seed=0, data=[data8 / "missing"])
+
+
+def test_add_joins_only_results_scored_on_the_same_problems(tmp_path):
+    from experiments.addition import evaluate
+
+    out = tmp_path / "addition8.json"
+    sizes = {"seed": 0, "digits": [1, 2], "per_length": 2000, "word": 300}
+    with pytest.raises(SystemExit, match="run without --add first"):
+        evaluate._earlier(out, sizes)
+    out.write_text(json.dumps({"command": "first", **sizes, "models": {"student": {"model": "m"}}}))
+    assert evaluate._earlier(out, sizes)["models"] == {"student": {"model": "m"}}
+    with pytest.raises(SystemExit, match=r"'per_length': \(2000, 200\)"):
+        evaluate._earlier(out, {**sizes, "per_length": 200})
+
+
+def test_scratchpads_reads_this_runs_cache_entries_and_scores_them_by_length(tmp_path):
+    from experiments.addition import scratchpads
+
+    data = tmp_path / "distill.jsonl"
+    inputs = [task.record(12, 34), task.record(5, 6), task.record(123, 456)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in inputs))
+    part = tmp_path / "cache" / "key1"
+    part.mkdir(parents=True)
+    # the teacher kept two of three answers (one right, one wrong); another run's entry is ignored
+    part.joinpath("manifest.json").write_text(json.dumps({
+        "records": [inputs[0], inputs[2]], "generations": ["...\nAnswer: 46", "...\nAnswer: 570"],
+        "answers": [" 46", " 570"]}))
+    other = tmp_path / "cache" / "key2"
+    other.mkdir()
+    other.joinpath("manifest.json").write_text(json.dumps({
+        "records": [task.record(7, 8)], "generations": ["Answer: 15"], "answers": ["15"]}))
+    rows, summary = scratchpads.collect(tmp_path / "cache", data)
+    assert [(r["a"], r["correct"]) for r in rows] == [(12, True), (123, False)]
+    assert summary["inputs_found"] == 2 and summary["inputs"] == 3
+    assert summary["by_length"] == {"1": {"inputs": 1, "kept": 0, "correct": 0, "accuracy": 0.0},
+                                    "2": {"inputs": 1, "kept": 1, "correct": 1, "accuracy": 1.0},
+                                    "3": {"inputs": 1, "kept": 1, "correct": 0, "accuracy": 0.0}}

@@ -70,13 +70,25 @@ def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int, d
 
 
 def score(model, tokenizer, records: list[dict[str, Any]], scorer, max_new_tokens: int,
-          batch_size: int, device: torch.device) -> dict[str, float]:
+          batch_size: int, device: torch.device, engine: str = "dynamic") -> dict[str, float]:
     prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
     with torch.inference_mode():
-        outs = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, desc="eval")]
+        outs = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, desc="eval",
+                                       engine=engine)]
     return {"accuracy": sum(scorer(r, g.text) for r, g in zip(records, outs, strict=True)) / len(records),
             "tokens": sum(len(g.ids) for g in outs) / len(outs), "n": len(records),
             "examples": [[r["input"][-60:], g.text[-80:]] for r, g in zip(records[:3], outs[:3], strict=True)]}
+
+
+def _earlier(out: Path, sizes: dict[str, Any]) -> dict[str, Any]:
+    """The results in ``out`` that ``--add`` adds to; they must have been scored on the same problems."""
+    if not out.is_file():
+        raise SystemExit(f"--add: {out} does not exist yet; run without --add first")
+    results = json.loads(out.read_text())
+    differ = {k: (results.get(k), v) for k, v in sizes.items() if results.get(k) != v}
+    if differ:
+        raise SystemExit(f"--add: {out} was scored on other problems ({differ}, as (there, here)); use another --out")
+    return results
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -115,36 +127,52 @@ def main() -> None:
     parser.add_argument("--data", type=Path, nargs="+", default=[DATA],
                         help="folders of the models' training and dev JSONL files: their problems are not tested")
     parser.add_argument("--out", default="addition")
+    parser.add_argument("--engine", choices=("dynamic", "static"), default="dynamic",
+                        help="the generation path (decoding.generate; the same tokens either way)")
+    parser.add_argument("--add", action="store_true",
+                        help="add these models to OUT.json (same digits, seed and sizes) instead of replacing it: "
+                             "a table built over several sessions")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     start = time.perf_counter()
     sets = test_sets(args.per_length, args.scratchpad_per_length, args.word, args.seed, args.digits, args.data)
     options = ([f"--digits {' '.join(map(str, args.digits))}"] if args.digits != task.DIGITS else []) \
         + ([f"--data {' '.join(map(str, args.data))}"] if args.data != [DATA] else []) \
-        + ([f"--out {args.out}"] if args.out != "addition" else [])
-    results: dict[str, Any] = {"command": "python -m experiments.addition.evaluate " + " ".join(
+        + ([f"--out {args.out}"] if args.out != "addition" else []) \
+        + ([f"--engine {args.engine}"] if args.engine != "dynamic" else []) + (["--add"] if args.add else [])
+    command = "python -m experiments.addition.evaluate " + " ".join(
         ([f"--scratchpad {args.scratchpad}"] if args.scratchpad else [])
         + [f"--scratchpad-per-length {args.scratchpad_per_length}"] + [f"--fewer {f}" for f in args.fewer]
-        + options + args.models), "seed": args.seed,
-        "digits": args.digits, "models": {}}
+        + options + args.models)
+    out = ROOT / "experiments/addition/results" / f"{args.out}.json"
+    sizes = {"seed": args.seed, "digits": args.digits, "per_length": args.per_length, "word": args.word}
+    results: dict[str, Any] = {"command": command, **sizes, "models": {}}
+    if args.add:
+        results = _earlier(out, sizes)
+        results.setdefault("added", []).append({"command": command, "models": [m.partition("=")[0] for m in args.models]})
     fewer = {name: int(n) for name, _, n in (spec.partition("=") for spec in args.fewer)}
     runtime = Runtime.local(ModelConfig().device)
     for spec in args.models:
         name, _, path = spec.partition("=")
         model, tokenizer = load_model(ModelConfig(name=path), runtime)
         res: dict[str, Any] = {"model": path}
+        model_start = time.perf_counter()
         for d in args.digits:
             res[f"direct_{d}"] = score(model, tokenizer, sets[f"direct_{d}"][: fewer.get(name)], task.direct, 16,
-                                       args.batch_size, runtime.device)
+                                       args.batch_size, runtime.device, args.engine)
             if name == args.scratchpad:
                 res[f"scratchpad_{d}"] = score(model, tokenizer, sets[f"scratchpad_{d}"], task.scratchpad_answer,
-                                               task.scratchpad_tokens(d), args.batch_size, runtime.device)
+                                               task.scratchpad_tokens(d), args.batch_size, runtime.device, args.engine)
             log.info("%s %d digits: %s", name, d, {k: v["accuracy"] for k, v in res.items() if k.endswith(f"_{d}")})
-        res["word"] = score(model, tokenizer, sets["word"], task.direct, 16, args.batch_size, runtime.device)
+        res["word"] = score(model, tokenizer, sets["word"], task.direct, 16, args.batch_size, runtime.device,
+                            args.engine)
+        res["wall_s"] = round(time.perf_counter() - model_start, 1)
         log.info("%s word problems: %.3f", name, res["word"]["accuracy"])
         results["models"][name] = res
-    results["wall_s"] = round(time.perf_counter() - start, 1)
-    out = ROOT / "experiments/addition/results" / f"{args.out}.json"
+    if args.add:
+        results["added"][-1]["wall_s"] = round(time.perf_counter() - start, 1)
+    else:
+        results["wall_s"] = round(time.perf_counter() - start, 1)
     out.write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out.with_suffix(".png"))
     log.info("wrote %s (%.0f s)", out, results["wall_s"])
