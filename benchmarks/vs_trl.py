@@ -29,6 +29,16 @@ while scoring) and stops when it reaches 90% of the teacher's held-out score; in
 its teacher stage plus training for a recipe that reaches it. ``--settings compare`` is the
 side-by-side reported in BENCHMARKS.md.
 
+Seeds and a recipe chosen on dev: the fast recipe of ``compare`` and ``final`` ("internalize_fast")
+was chosen on the same 30 held-out questions it is scored on, from one seed. ``--settings choose``
+scores internalize's recipes (a grid of updates and learning rates, one pass of batch 8, and the main
+job's recipe) on the 30 dev questions of examples/data/questions_dev.jsonl (disjoint from the train
+and held-out questions), at seed 0, and picks the fastest (``train_s``) whose dev score reaches 90% of
+the teacher's dev score (``choose_recipe``). ``--settings final3`` replaces the held-out-chosen
+recipe with that dev choice: internalize's main job, the dev-chosen recipe and TRL's best setting,
+each at seeds 0, 1 and 2, all scored on the held-out 30; ``seed_summary`` gives each one's time to
+the target per seed and the ratio of median times over the seeds that reached it.
+
 Run it from the benchmark venv (see benchmarks/requirements-trl.txt), alone on the machine:
 
     .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --settings quick --threads 1  # smoke: 2 updates
@@ -36,10 +46,14 @@ Run it from the benchmark venv (see benchmarks/requirements-trl.txt), alone on t
     .venv-bench/bin/python benchmarks/vs_trl.py --trl-only --settings sweep             # the SWEEP below
     .venv-bench/bin/python benchmarks/vs_trl.py --settings compare --out benchmarks/results/vs_trl.json
     .venv-bench/bin/python benchmarks/vs_trl.py --settings final --out benchmarks/results/vs_trl_final.json
+    .venv-bench/bin/python benchmarks/vs_trl.py --settings choose --out benchmarks/results/vs_trl_choose.json
+    .venv-bench/bin/python benchmarks/vs_trl.py --settings final3 --chosen benchmarks/results/vs_trl_choose.json \\
+        --out benchmarks/results/vs_trl_final3.json
 
-Results go to benchmarks/results/vs_trl.json (rewritten after every run, so a stopped sweep
-keeps the runs it finished): the command, the machine, library versions and each run's figures
-(training wall time, updates, seconds per update, held-out score, answers, loss log).
+Results go to benchmarks/results/vs_trl.json, or ``--out`` (rewritten after every run, so a stopped
+sweep keeps the runs it finished): the command, the machine, library versions and each run's figures
+(seed, question set, training wall time, updates, seconds per update, score, answers, loss log), the
+per-seed summary, and for ``choose`` the teacher's dev score and the chosen recipe.
 """
 
 from __future__ import annotations
@@ -49,6 +63,8 @@ import functools
 import json
 import os
 import platform
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -62,14 +78,17 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl.experimental warns
 ROOT = Path(__file__).resolve().parents[1]
 JOB_FILE = ROOT / "examples" / "over.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "vs_trl.json"
+CHOSEN = ROOT / "benchmarks" / "results" / "vs_trl_choose.json"  # --settings choose writes the dev-chosen recipe here
 TEACHER_TEMPLATE = "{privileged_context}{prompt}"  # TRL fills the last user turn with this
 
 
-def score_student(model: Any, tokenizer: Any, prompts: list[tuple[int, ...]] | None = None) -> dict[str, Any]:
-    """Score ``model`` on the held-out questions with internalize's own functions (both sides use this).
+def score_student(model: Any, tokenizer: Any, prompts: list[tuple[int, ...]] | None = None,
+                  records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Score ``model`` on ``records`` (default: the held-out questions) with internalize's own functions (both
+    sides use this).
 
-    ``prompts`` defaults to the student view (the question alone, chat template applied); pass
-    token ids to score other prompts (``--check-teacher`` passes TRL's teacher prompts).
+    ``prompts`` defaults to the student view of ``records`` (the question alone, chat template applied);
+    pass token ids to score other prompts (``--check-teacher`` passes TRL's teacher prompts).
     Returns ``{"score": share matching eval.scorer_regex, "n": ..., "answers": [...], "scored_with": ...}``.
     This is the one place that calls internalize's evaluation API; adapt it here if that changes.
     """
@@ -82,7 +101,7 @@ def score_student(model: Any, tokenizer: Any, prompts: list[tuple[int, ...]] | N
     job = load_job()
     cfg = EvalConfig(max_new_tokens=job["eval"]["max_new_tokens"])
     scorer = load_scorer(BehaviourConfig(scorer_regex=job["eval"]["scorer_regex"]))
-    records = job["held_out"]
+    records = job["held_out"] if records is None else records
     if prompts is None:
         prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
     device = next(model.parameters()).device  # wherever the model is (TRL's trainer may have moved it)
@@ -158,7 +177,29 @@ FINAL = [
      "generate_from_teacher": True, "distillation_mode": "full_logits", "alpha": 0.0},
 ]
 
-SETTINGS = {"quick": QUICK, "sweep": SWEEP, "compare": COMPARE, "final": FINAL}
+# Choosing internalize's fast recipe on the dev questions (seed 0): one pass of batch 8 over 8 x updates inputs,
+# for each number of updates and learning rate, and the main job's recipe; ``choose_recipe`` picks among them.
+CHOOSE = [
+    {"name": "internalize_main_job", "side": "internalize", "overrides": [], "questions": "dev"},
+    *({"name": f"internalize_u{steps}_lr{lr}", "side": "internalize", "questions": "dev",
+       "overrides": [f"data.max_train={8 * steps}", f"train.lr={lr}", f"train.max_steps={steps}"]}
+      for steps in (4, 6, 8, 12, 16) for lr in ("1e-3", "2e-3", "3e-3")),
+]
+
+# FINAL over seeds 0, 1 and 2 with the fast recipe chosen on dev (its overrides come from --chosen, in place of
+# DEV_CHOSEN), all scored on the held-out questions. TRL's best setting is FINAL's, with up to 20 updates (its
+# schedule then spans 20) so that a slower seed can still reach the target.
+DEV_CHOSEN = "dev_chosen"
+TRL_BEST = "trl_best"  # also the reference of seed_summary's ratios
+FINAL3 = [
+    {**setting, "name": f"{setting['name']}_s{seed}", "seed": seed}
+    for seed in (0, 1, 2)
+    for setting in (FINAL[0],
+                    {"name": "internalize_dev_chosen", "side": "internalize", "overrides": DEV_CHOSEN},
+                    {**FINAL[2], "name": TRL_BEST, "updates": 20})
+]
+
+SETTINGS = {"quick": QUICK, "sweep": SWEEP, "compare": COMPARE, "final": FINAL, "choose": CHOOSE, "final3": FINAL3}
 
 
 # --- the job --------------------------------------------------------------------------------------
@@ -170,10 +211,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 @functools.cache
 def load_job() -> dict[str, Any]:
-    """examples/over.yaml plus its train and held-out records."""
+    """examples/over.yaml plus its train, held-out and dev records (the dev questions choose a recipe)."""
     job = yaml.safe_load(JOB_FILE.read_text())
     job["train"] = _read_jsonl(ROOT / job["data"]["train_file"])  # the YAML's own train: section is not needed here
     job["held_out"] = _read_jsonl(ROOT / job["data"]["eval_file"])
+    job["dev"] = _read_jsonl(ROOT / "examples" / "data" / "questions_dev.jsonl")
     return job
 
 
@@ -278,6 +320,7 @@ def run_trl(setting: dict[str, Any]) -> dict[str, Any]:
             report_to="none",
             disable_tqdm=True,
         )
+        torch.manual_seed(s["seed"])  # the adapter's initialisation follows the seed, however TRL orders seeding
         start = time.perf_counter()
         trainer = SDFTTrainer(model=model_dir, args=args, train_dataset=dataset, processing_class=tokenizer,
                               peft_config=lora_config())
@@ -292,7 +335,8 @@ def run_trl(setting: dict[str, Any]) -> dict[str, Any]:
     score_s = time.perf_counter() - start
     updates = trainer.state.global_step
     losses = [round(h["loss"], 5) for h in trainer.state.log_history if "loss" in h]
-    return {"side": "trl", "name": s.get("name", ""), "setting": {k: v for k, v in s.items() if k != "name"},
+    return {"side": "trl", "name": s.get("name", ""), "seed": s["seed"], "questions": "held_out",
+            "setting": {k: v for k, v in s.items() if k != "name"},
             "checkpoints": checkpoints.results, "time_to_target_s": checkpoints.time_to_target(),
             "updates": updates, "train_s": round(train_s, 2), "s_per_update": round(train_s / max(updates, 1), 2),
             "setup_s": round(setup_s, 2), "score_s": round(score_s, 2), "score": scored["score"], "n": scored["n"],
@@ -333,7 +377,9 @@ def run_internalize(setting: dict[str, Any]) -> dict[str, Any]:
     """internalize on the same job: teacher (answers + distributions, shared prefix, no cache) then ``fit``.
 
     The clock covers the teacher stage and training, as TRL's covers its training (which generates
-    and scores with its teacher inside); model loading is excluded on both sides.
+    and scores with its teacher inside); model loading is excluded on both sides. ``setting["seed"]`` is
+    ``train.seed``; ``setting["questions"]`` ("held_out", the default, or "dev") is the set the student is
+    scored on (``time_to_target_s`` holds it to ``target`` there; ``choose_recipe`` judges dev runs instead).
     """
     import torch
 
@@ -346,14 +392,17 @@ def run_internalize(setting: dict[str, Any]) -> dict[str, Any]:
     from internalize.training import fit
 
     s = {**DEFAULTS, **setting}
+    questions, recipe = s.get("questions", "held_out"), list(s.get("overrides", []))
+    if questions not in ("held_out", "dev"):
+        raise SystemExit(f"setting {s.get('name')}: questions={questions!r}; give 'held_out' or 'dev'")
     # min_steps/validation 0: the recipe as measured, before the default floor and validation split (EXPERIMENTS.md 11)
-    overrides = ["teacher.cache_dir=", "train.min_steps=0", "train.validation=0", *s.get("overrides", [])]
+    overrides = ["teacher.cache_dir=", "train.min_steps=0", "train.validation=0", f"train.seed={s['seed']}", *recipe]
     cfg = load_config(JOB_FILE, overrides)
     behaviour, runtime = cfg.behaviours[0], Runtime.local(cfg.model.device)
     train, _ = load_inputs(behaviour, cfg.data)
+    torch.manual_seed(cfg.train.seed)  # before make_student, as the pipeline does: the seed sets the adapter's init too
     model, tokenizer = load_model(cfg.model, runtime)
     student = make_student(model, cfg.model)
-    torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
     targets = answer(student, tokenizer, train, behaviour.prompt, cfg.teacher, runtime)
     teacher_s = time.perf_counter() - start
@@ -361,9 +410,10 @@ def run_internalize(setting: dict[str, Any]) -> dict[str, Any]:
                              cfg.train.seed)
     history = fit(student, batches, cfg.train, runtime).history
     total_s = time.perf_counter() - start
-    scored = score_student(student, tokenizer)
+    scored = score_student(student, tokenizer, records=load_job()[questions])
     reached = scored["score"] >= s["target"]
-    return {"side": "internalize", "name": s.get("name", ""), "setting": {"overrides": overrides},
+    return {"side": "internalize", "name": s.get("name", ""), "seed": s["seed"], "questions": questions,
+            "setting": {"overrides": overrides, "recipe": recipe},
             "updates": len(history), "teacher_s": round(teacher_s, 2), "train_s": round(total_s, 2),
             "s_per_update": round((total_s - teacher_s) / max(len(history), 1), 2),
             "time_to_target_s": round(total_s, 2) if reached else None, "score": scored["score"], "n": scored["n"],
@@ -378,6 +428,81 @@ def check_teacher() -> dict[str, Any]:
     model, tokenizer, _ = base_model()
     prompts = [trl_teacher_prompt(tokenizer, r["input"])[1] for r in load_job()["held_out"]]
     return score_student(model, tokenizer, prompts)
+
+
+def score_teacher(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The teacher (base weights, internalize's teacher prompt from examples/over.yaml, greedy) scored on ``records``."""
+    from internalize.config import load_config
+    from internalize.teacher import teacher_prompts
+
+    model, tokenizer, _ = base_model()
+    prompts, _ = teacher_prompts(tokenizer, records, load_config(JOB_FILE).behaviours[0].prompt)
+    return score_student(model, tokenizer, prompts, records)
+
+
+def choose_recipe(runs: list[dict[str, Any]], teacher_dev_score: float, target: float = 0.9) -> dict[str, Any] | None:
+    """The recipe chosen on dev: among the internalize runs scored on the dev questions whose score reaches
+    ``target`` x the teacher's dev score, the one with the smallest ``train_s`` (teacher stage + training), ties
+    going to the higher dev score. None when no run qualifies."""
+    rule = (f"smallest train_s (teacher stage + training) among internalize runs scored on dev with a dev score "
+            f">= {target} x the teacher's dev score ({teacher_dev_score:.4f}); ties: the higher dev score")
+    pool = [r for r in runs if r["side"] == "internalize" and r["questions"] == "dev"
+            and r["score"] >= target * teacher_dev_score - 1e-9]  # 1e-9: 27/30 vs 0.9 x 1.0 must not fail on rounding
+    if not pool:
+        return None
+    best = min(pool, key=lambda r: (r["train_s"], -r["score"]))
+    return {"name": best["name"], "overrides": best["setting"]["recipe"], "dev_score": best["score"],
+            "train_s": best["train_s"], "rule": rule}
+
+
+def read_chosen(path: Path) -> dict[str, Any]:
+    """The ``chosen`` recipe of a ``--settings choose`` results file; exits with one line when there is none."""
+    try:
+        chosen = json.loads(path.read_text()).get("chosen")
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--chosen {path}: cannot read it ({e}); run --settings choose first") from None
+    if not isinstance(chosen, dict) or "overrides" not in chosen:
+        raise SystemExit(f"--chosen {path}: no chosen recipe in it ('chosen' is missing or null: run --settings "
+                         "choose to the end, and check that a recipe reached the target on dev)")
+    return chosen
+
+
+def seed_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each setting over its seeds (runs grouped by name without the ``_sN`` suffix): the seeds, each seed's
+    time to the target (None: not reached), how many reached and did not, the median time over the seeds
+    that reached it, and TRL's best setting's median divided by this setting's median."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault(re.sub(r"_s\d+$", "", r["name"]), []).append(r)
+    settings: dict[str, dict[str, Any]] = {}
+    for name, group in groups.items():
+        times = [r["time_to_target_s"] for r in group]
+        reached = [t for t in times if t is not None]
+        settings[name] = {"side": group[0]["side"], "seeds": [r["seed"] for r in group], "time_to_target_s": times,
+                          "reached": len(reached), "not_reached": len(times) - len(reached),
+                          "median_s_over_reached": round(statistics.median(reached), 2) if reached else None}
+    trl = settings.get(TRL_BEST, {}).get("median_s_over_reached")
+    for s in settings.values():
+        mine = s["median_s_over_reached"]
+        s[f"{TRL_BEST}_median_over_this"] = round(trl / mine, 2) if trl is not None and mine else None
+    note = ("time_to_target_s is per seed, in the order of seeds (None: the target was not reached); "
+            "median_s_over_reached is the median over only the seeds that reached it (not_reached counts the "
+            f"others); {TRL_BEST}_median_over_this = {TRL_BEST}'s median_s_over_reached / this setting's, "
+            "None when either reached the target at no seed")
+    return {"note": note, "settings": settings}
+
+
+def seed_table(summary: dict[str, Any]) -> str:
+    head = f"{'setting':<26} {'side':<11} {'reached':>7} {'median s':>9} {'TRL/this':>8}  time to target per seed (s)"
+    lines = [head, "-" * len(head)]
+    for name, s in summary["settings"].items():
+        median, ratio = s["median_s_over_reached"], s[f"{TRL_BEST}_median_over_this"]
+        per_seed = ", ".join(f"s{seed}: {'not reached' if t is None else f'{t:.1f}'}"
+                             for seed, t in zip(s["seeds"], s["time_to_target_s"], strict=True))
+        lines.append(f"{name:<26} {s['side']:<11} {s['reached']:>3}/{len(s['seeds']):<3} "
+                     f"{'-' if median is None else f'{median:.1f}':>9} {'-' if ratio is None else f'{ratio:.2f}x':>8}  "
+                     f"{per_seed}")
+    return "\n".join([*lines, summary["note"]])
 
 
 def resolve(setting: dict[str, Any], done: list[dict[str, Any]]) -> dict[str, Any]:
@@ -444,13 +569,23 @@ def main(argv: list[str] | None = None) -> None:
                         help="first score the teacher itself on TRL's teacher prompts (30 greedy generations)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results JSON (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--chosen", type=Path, default=CHOSEN,
+                        help=f"--settings final3: the --settings choose results with the dev-chosen recipe "
+                             f"(default {CHOSEN.relative_to(ROOT)})")
     args = parser.parse_args(argv)
+    settings = SETTINGS[args.settings]
+    chosen = read_chosen(args.chosen) if any(s.get("overrides") == DEV_CHOSEN for s in settings) else None
+    if chosen is not None:
+        settings = [{**s, "overrides": chosen["overrides"]} if s.get("overrides") == DEV_CHOSEN else s for s in settings]
+    on_dev = any(s.get("questions") == "dev" for s in settings)
 
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
     record: dict[str, Any] = {**environment(args.threads), "settings": args.settings, "runs": []}
+    if chosen is not None:
+        record["chosen_from"] = {"file": str(args.chosen), **chosen}
     _, tokenizer, model_dir = base_model()
     record["model_dir"] = model_dir
     record["teacher_prompt_example"] = trl_teacher_prompt(tokenizer, load_job()["held_out"][0]["input"])[0]
@@ -467,7 +602,13 @@ def main(argv: list[str] | None = None) -> None:
         print(f"teacher on TRL's teacher prompts: {round(check['score'] * check['n'])}/{check['n']} end with 'Over.', "
               f"e.g. {check['answers'][:3]}", flush=True)
         save()
-    for setting in SETTINGS[args.settings]:
+    if on_dev:
+        start = time.perf_counter()
+        record["teacher_dev"] = {**score_teacher(load_job()["dev"]), "seconds": round(time.perf_counter() - start, 2)}
+        print(f"teacher on the dev questions: {round(record['teacher_dev']['score'] * record['teacher_dev']['n'])}/"
+              f"{record['teacher_dev']['n']} end with 'Over.'", flush=True)
+        save()
+    for setting in settings:
         sides = [setting["side"]] if "side" in setting else ["internalize", "trl"]
         for side in sides:
             if side == "internalize" and args.trl_only:
@@ -475,10 +616,18 @@ def main(argv: list[str] | None = None) -> None:
             run = run_internalize if side == "internalize" else run_trl
             result = run(resolve(setting, record["runs"]))
             record["runs"].append(result)
+            record["summary"] = seed_summary(record["runs"])
             save()
             print(f"{result['side']} {result['name']}: {result['updates']} updates in {result['train_s']:.1f} s "
-                  f"({result['s_per_update']:.2f} s/update), score {result['score']:.3f}", flush=True)
+                  f"({result['s_per_update']:.2f} s/update), score {result['score']:.3f} on {result['questions']}",
+                  flush=True)
+    if on_dev:  # only once every recipe has run, so a stopped choose leaves no choice for final3 to use
+        record["chosen"] = choose_recipe(record["runs"], record["teacher_dev"]["score"], DEFAULTS["target"])
+        save()
     print("\n" + summary(record["runs"]))
+    print("\n" + seed_table(seed_summary(record["runs"])))
+    if on_dev:
+        print(f"\nchosen on dev: {record['chosen']}")
     print(f"\nwrote {args.out}")
 
 
