@@ -11,6 +11,8 @@ import pytest
 
 from experiments.addition import task
 from internalize.config import PromptConfig
+from internalize.data import write_jsonl
+from internalize.teacher import given_generations
 from internalize.views import prompt_ids
 
 
@@ -176,6 +178,11 @@ def test_scratchpads_reads_this_runs_cache_entries_and_scores_them_by_length(tmp
         "records": [task.record(7, 8)], "generations": ["Answer: 15"], "answers": ["15"]}))
     rows, summary = scratchpads.collect(tmp_path / "cache", data)
     assert [(r["a"], r["correct"]) for r in rows] == [(12, True), (123, False)]
+    write_jsonl(tmp_path / "given.jsonl", rows)  # the file a later run gives as teacher.generations_file
+    assert given_generations(str(tmp_path / "given.jsonl")) == {
+        inputs[0]["input"]: ["...\nAnswer: 46"], inputs[2]["input"]: ["...\nAnswer: 570"]}
+    rows2, summary2 = scratchpads.collect(tmp_path / "cache", data, first=2)  # a run taught on the first 2 inputs
+    assert [r["a"] for r in rows2] == [12] and set(summary2["by_length"]) == {"1", "2"}
     assert summary["inputs_found"] == 2 and summary["inputs"] == 3
     assert summary["by_length"] == {"1": {"inputs": 1, "kept": 0, "correct": 0, "accuracy": 0.0},
                                     "2": {"inputs": 1, "kept": 1, "correct": 1, "accuracy": 1.0},

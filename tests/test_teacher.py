@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import shutil
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
-from internalize import engine, teacher
+from internalize import cache, engine, teacher
 from internalize.config import InternalizeError, PromptConfig, TeacherConfig
 from internalize.decoding import Generation
 from internalize.runtime import Runtime
@@ -482,3 +484,81 @@ def test_the_teacher_in_parts_equals_the_teacher_in_one_go_and_caches_each_part(
     again = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
     assert len(computed) == 1 and not again.cache_hit  # only the missing part ran again
     assert again.answers == whole.answers and again.source == whole.source
+
+
+# --- teacher.generations_file ---------------------------------------------------------------------
+
+
+def _write_generations(path, rows) -> str:
+    path.write_text("".join(json.dumps({"input": i, "generation": g}) + "\n" for i, g in rows))
+    return str(path)
+
+
+def _spy_on_generate(monkeypatch) -> list[int]:
+    """Record how many prompts each call of teacher.generate gets."""
+    calls: list[int] = []
+    real = teacher.generate
+    monkeypatch.setattr(teacher, "generate", lambda m, t, prompts, *a, **k: calls.append(len(prompts)) or
+                        real(m, t, prompts, *a, **k))
+    return calls
+
+
+def test_given_generations_are_not_generated_again_and_teach_the_same_targets(tiny, tmp_path, monkeypatch):
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:4]]
+    prompt = PromptConfig(context="Think first.")
+    cfg = TeacherConfig(max_new_tokens=8, extractor="delimiter", extract_pattern="ok", top_k=4, batch_size=2,
+                        cache_dir="")
+    own = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
+    calls = _spy_on_generate(monkeypatch)
+    for given in ([0, 2], [0, 1, 2, 3]):  # some inputs given (the rest generated), then all of them
+        path = _write_generations(tmp_path / f"given{len(given)}.jsonl",
+                                  [(records[i]["input"], own.generations[i]) for i in given])
+        calls.clear()
+        got = teacher.answer(model, tok, records, prompt, dataclasses.replace(cfg, generations_file=path), RUNTIME)
+        assert calls == ([2] if len(given) == 2 else [])
+        assert got.answers == own.answers and got.source == own.source and got.generations == own.generations
+        assert got.teacher_views == own.teacher_views and got.student_views == own.student_views
+        for a, b in zip(got.logp, own.logp, strict=True):  # scored after the given scratch-pad = as generated
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        assert all(torch.equal(a, b) for a, b in zip(got.ids, own.ids, strict=True))
+
+
+def test_a_given_generation_is_extracted_and_scored_after_its_own_scratch_pad(tiny, tmp_path):
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:3]]
+    prompt = PromptConfig(context="Think first.")
+    path = _write_generations(tmp_path / "g.jsonl", [(records[0]["input"], "step one, step two ok yes"),
+                                                     (records[1]["input"], "no delimiter at all")])
+    cfg = TeacherConfig(max_new_tokens=8, extractor="delimiter", extract_pattern="ok", top_k=4, batch_size=2,
+                        cache_dir="", generations_file=path)
+    targets = teacher.answer(model, tok, records, prompt, cfg, RUNTIME)
+    assert targets.dropped == {"answer not extracted": 1}  # the second given text has no answer
+    assert targets.source == [0, 2] and targets.answers == ["yes", "ay"]
+    scratch = tuple(tok("step one, step two ok", add_special_tokens=False).input_ids)
+    assert targets.teacher_views[0] == View(prompt_ids(tok, records[0]["input"], prompt) + scratch,
+                                            answer_ids(tok, " yes"))
+    _assert_scored_afresh(model, tok, targets, 4)
+
+
+def test_given_generations_are_part_of_the_cache_key(tiny):
+    model, tok = tiny
+    records = [{"input": x} for x in TINY_INPUTS[:2]]
+    prompts = [prompt_ids(tok, r["input"]) for r in records]
+    cfg = TeacherConfig()
+    key = cache.cache_key(model, prompts, records, cfg, tok.eos_token_id)
+    assert cache.cache_key(model, prompts, records, cfg, tok.eos_token_id, None) == key  # earlier keys still hold
+    assert len({key, cache.cache_key(model, prompts, records, cfg, tok.eos_token_id, [["a ok b"], []]),
+                cache.cache_key(model, prompts, records, cfg, tok.eos_token_id, [["a ok c"], []])}) == 3
+
+
+def test_a_bad_generations_file_is_named_with_the_fix(tmp_path):
+    with pytest.raises(InternalizeError, match="teacher.generations_file='.*missing.jsonl': file not found"):
+        teacher.given_generations(str(tmp_path / "missing.jsonl"))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "a", "generation": "x"}\n{"input": "b"}\n')
+    with pytest.raises(InternalizeError, match=r"bad.jsonl: record 2 has no 'generation' text"):
+        teacher.given_generations(str(bad))
+    assert teacher.given_generations("") == {}
+    bad.write_text('{"input": "a", "generation": "x"}\n{"input": "a", "generation": "y"}\n')
+    assert teacher.given_generations(str(bad)) == {"a": ["x", "y"]}

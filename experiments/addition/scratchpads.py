@@ -3,14 +3,15 @@
 A distillation run caches its teacher's work (``teacher.cache_dir``, one entry per part of
 ``teacher.shard_inputs`` inputs; each entry's ``manifest.json`` holds the kept generations). This reads
 the entries under ``--cache`` whose inputs are those of ``--data`` (the run's training file), writes one
-line per kept generation (``a``, ``b``, ``digits``, ``generation``, ``answer``, ``correct``) to ``--jsonl``,
+line per kept generation (``input``, ``a``, ``b``, ``digits``, ``generation``, ``answer``, ``correct``) to
+``--jsonl`` (a ``teacher.generations_file``: a later run scores these instead of generating them again),
 and a summary by digit length to ``--out``: inputs, teacher answers kept, kept answers that are the true
 sum. The inputs were never in the teacher's fine-tuning data, so the last is the scratch-pad teacher's
 accuracy on unseen problems, measured by the distillation's own generations (no extra generation).
-These files let a later run see what the student learned from without the teacher's weights.
+Dropped generations (no answer, or unfinished) are not in the file: a later run generates those inputs again.
 
     python -m experiments.addition.scratchpads --cache runs/teacher_cache8 \\
-        --data experiments/addition/data8/distill.jsonl \\
+        --data experiments/addition/data8/distill.jsonl --first 2000 \\
         --jsonl experiments/addition/data8/teacher_scratchpads.jsonl \\
         --out experiments/addition/results/addition_student8_scratchpads.json
 """
@@ -29,19 +30,24 @@ from internalize.data import write_jsonl
 log = logging.getLogger("addition")
 
 
-def collect(cache: Path, data: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The kept generations of ``data``'s inputs found in ``cache``, and the accuracy by digit length."""
-    inputs = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
-    wanted = {(r["a"], r["b"]) for r in inputs}
+def collect(cache: Path, data: Path, first: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The kept generations of ``data``'s inputs (its ``first`` lines, 0: all) found in ``cache``, and the accuracy
+    by digit length."""
+    every = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
+    inputs = every[: first or None]
+    wanted, known = {(r["a"], r["b"]) for r in inputs}, {(r["a"], r["b"]) for r in every}
     rows, seen = [], set()
     for manifest in sorted(cache.glob("*/manifest.json")):
         m = json.loads(manifest.read_text())
         records = m.get("records", [])
-        if not records or not all((r.get("a"), r.get("b")) in wanted for r in records):
+        if not records or not {(r.get("a"), r.get("b")) for r in records} <= known:
             continue  # another run's entry
         for rec, generation, answer in zip(records, m["generations"], m["answers"], strict=True):
+            if (rec["a"], rec["b"]) not in wanted:
+                continue
             seen.add((rec["a"], rec["b"]))
-            rows.append({"a": rec["a"], "b": rec["b"], "digits": len(str(rec["a"])), "generation": generation,
+            rows.append({"input": rec["input"], "a": rec["a"], "b": rec["b"], "digits": len(str(rec["a"])),
+                         "generation": generation,
                          "answer": answer.strip(), "correct": answer.strip() == str(rec["a"] + rec["b"])})
     by_length: dict[int, dict[str, int]] = defaultdict(lambda: {"inputs": 0, "kept": 0, "correct": 0})
     for r in inputs:
@@ -49,7 +55,7 @@ def collect(cache: Path, data: Path) -> tuple[list[dict[str, Any]], dict[str, An
     for r in rows:
         by_length[r["digits"]]["kept"] += 1
         by_length[r["digits"]]["correct"] += r["correct"]
-    summary = {"cache": str(cache), "data": str(data), "inputs_found": len(seen), "inputs": len(inputs),
+    summary = {"cache": str(cache), "data": str(data), "first": first, "inputs_found": len(seen), "inputs": len(inputs),
                "by_length": {str(d): {**c, "accuracy": round(c["correct"] / c["inputs"], 4)}
                              for d, c in sorted(by_length.items())}}
     return rows, summary
@@ -59,11 +65,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", type=Path, required=True, help="the run's teacher.cache_dir")
     parser.add_argument("--data", type=Path, required=True, help="the run's training file (data.train_file)")
+    parser.add_argument("--first", type=int, default=0,
+                        help="the run's data.max_train: only the file's first N inputs were taught (0: all)")
     parser.add_argument("--jsonl", type=Path, required=True, help="where the scratch-pads go")
     parser.add_argument("--out", type=Path, required=True, help="where the summary by length goes (JSON)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    rows, summary = collect(args.cache, args.data)
+    rows, summary = collect(args.cache, args.data, args.first)
     if not rows:
         raise SystemExit(f"--cache {args.cache}: no teacher entry for the inputs of {args.data}; run the distillation "
                          "with teacher.cache_dir set to it first")

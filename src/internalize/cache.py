@@ -73,8 +73,8 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
 
 
 def cache_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], records: list[dict[str, Any]],
-              cfg: TeacherConfig, eos_id: int) -> str:
-    """The key of a teacher run: weights, prompt ids, inputs and teacher settings."""
+              cfg: TeacherConfig, eos_id: int, given: list[list[str]] | None = None) -> str:
+    """The key of a teacher run: weights, prompt ids, inputs, teacher settings and any given generations."""
     settings = {k: getattr(cfg, k) for k in ("max_new_tokens", "do_sample", "num_samples", "extractor",
                                              "extract_pattern", "top_k")}
     if cfg.do_sample:
@@ -82,6 +82,8 @@ def cache_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], records: l
     parts = {"format": FORMAT, "weights": weights_fingerprint(model), "eos": eos_id, "settings": settings,
              "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
              "records": hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()}
+    if given:  # teacher.generations_file: the texts it answered from are part of what it did
+        parts["given"] = hashlib.sha256(json.dumps(given).encode()).hexdigest()
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -309,6 +309,11 @@ class TeacherConfig(_Section):
                          "teacher.ema_rate) or live (the student as it is now).", default="base")
     ema_rate: float = _help("teacher.weights=ema: after each step, teacher = rate x teacher + (1 - rate) x student.",
                             default=0.99)
+    generations_file: str = _help(
+        "JSONL of earlier teacher generations, {\"input\": ..., \"generation\": ...} per line (one per sample): for "
+        "those inputs the teacher does not generate; it extracts the answer from the given text and scores it "
+        "after the given scratch-pad (e.g. another session's scratch-pads, or a faster server's). Inputs not in "
+        "the file are generated as usual ('' = none).", default="")
     cache_dir: str = _help(
         "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
         "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",

@@ -36,8 +36,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from . import cache
 from .config import InternalizeError, PromptConfig, TeacherConfig
-from .data import Record
-from .decoding import Prefix, answer_logits, batches, generate, mean_over_contexts
+from .data import Record, read_jsonl
+from .decoding import Generation, Prefix, answer_logits, batches, generate, mean_over_contexts
 from .models import cache_root, teacher_mode
 from .runtime import Runtime
 from .targets import Targets, topk_with_tail
@@ -102,6 +102,7 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     prompts, group = teacher_prompts(tokenizer, records, prompt)
+    given = given_generations(cfg.generations_file)
     where = cache_dir(cfg)
     parts, reused, answered, started = [], 0, 0, time.perf_counter()
     for start in range(0, max(len(records), 1), cfg.shard_inputs):
@@ -109,12 +110,14 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
         part_prompts = prompts[start * group : end * group]
         part = None
         if where is not None:
-            key = cache.cache_key(model, part_prompts, records[start:end], cfg, tokenizer.eos_token_id)
+            key = cache.cache_key(model, part_prompts, records[start:end], cfg, tokenizer.eos_token_id,
+                                  [given.get(r["input"], []) for r in records[start:end]] if given else None)
             part = cache.load(where, key)
             reused += part is not None
         if part is None:
             label = f"{desc} {start + 1}-{end}" if end - start < len(records) else desc
-            part = _answer_shared(model, tokenizer, records, prompts, start, end, group, top_k, cfg, runtime, label)
+            part = _answer_shared(model, tokenizer, records, prompts, start, end, group, top_k, cfg, runtime, label,
+                                  given)
             if where is not None and runtime.is_main:  # one writer: the part gathered from every process
                 cache.save(where, key, part)
             answered += end - start
@@ -134,16 +137,30 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     return targets
 
 
+def given_generations(path: str) -> dict[str, list[str]]:
+    """``teacher.generations_file`` read: input text -> its given generations, in file order ({} when unset)."""
+    if not path:
+        return {}
+    given: dict[str, list[str]] = {}
+    for number, record in enumerate(read_jsonl(path, "teacher.generations_file", output_column="generation"), 1):
+        text = record.get("output")
+        if not isinstance(text, str) or not text.strip():
+            raise InternalizeError(f"{path}: record {number} has no 'generation' text; teacher.generations_file "
+                                   "needs {\"input\": ..., \"generation\": ...} on every line")
+        given.setdefault(record["input"], []).append(text)
+    return given
+
+
 def _answer_shared(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
                    prompts: list[tuple[int, ...]], start: int, end: int, group: int, top_k: int, cfg: TeacherConfig,
-                   runtime: Runtime, desc: str) -> Targets:
+                   runtime: Runtime, desc: str, given: dict[str, list[str]] | None = None) -> Targets:
     """The targets of ``records[start:end]``, each process answering its contiguous share (seeded by where the
     share starts), joined in input order on every process."""
     mine = runtime.split(range(start, end))
     if mine:
         lo, hi = mine[0], mine[-1] + 1
         part = _answer_part(model, tokenizer, records[lo:hi], prompts[lo * group : hi * group], group, top_k, cfg,
-                            runtime, cfg.seed + lo, desc)
+                            runtime, cfg.seed + lo, desc, given or {})
         part.source = [i + lo - start for i in part.source]
     else:  # more processes than inputs
         part = Targets(ids=[] if top_k else None)
@@ -152,17 +169,27 @@ def _answer_shared(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r
 
 def _answer_part(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
                  prompts: list[tuple[int, ...]], group: int, top_k: int, cfg: TeacherConfig, runtime: Runtime,
-                 seed: int, desc: str) -> Targets:
-    """The teacher's targets for ``records`` (``group`` prompts each): generate, extract, keep or score again."""
+                 seed: int, desc: str, given: dict[str, list[str]]) -> Targets:
+    """The teacher's targets for ``records`` (``group`` prompts each): generate (or take the ``given`` generations
+    of an input), extract, keep or score again."""
     targets = Targets(ids=[] if top_k else None)
     dropped: Counter[str] = Counter()
     rescore: list[View] = []  # kept answers whose tokens differ from the generation's, under each averaged context
     pending: list[int] = []  # their places in targets.logp
     with teacher_mode(model), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        samples = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device, cfg.do_sample,
-                           cfg.temperature, cfg.top_p, cfg.num_samples, distributions=top_k, group=group,
-                           desc=f"{desc}: generate", engine=cfg.engine)
+        todo = [i for i, r in enumerate(records) if r["input"] not in given]
+        made = iter(generate(model, tokenizer, [p for i in todo for p in prompts[i * group : (i + 1) * group]],
+                             cfg.max_new_tokens, cfg.batch_size, runtime.device, cfg.do_sample, cfg.temperature,
+                             cfg.top_p, cfg.num_samples, distributions=top_k, group=group, desc=f"{desc}: generate",
+                             engine=cfg.engine) if todo else [])
+        # a given generation has no recorded distributions: its answer is scored below, after its scratch-pad
+        samples = [next(made) if r["input"] not in given else
+                   [Generation(text, True, tuple(tokenizer(text, add_special_tokens=False).input_ids))
+                    for text in given[r["input"]]] for r in records]
+        if len(todo) < len(records):
+            log.info("%s: %d of %d inputs took their generations from teacher.generations_file", desc,
+                     len(records) - len(todo), len(records))
         student_prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
         for i, (record, outs) in enumerate(zip(records, samples, strict=True)):
             prompt_i = prompts[i * group]  # the teacher view keeps the first context's prompt
