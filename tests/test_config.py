@@ -65,6 +65,18 @@ def test_overrides_without_file():
     assert cfg.model.lora_target_modules == ["q_proj"]
 
 
+@pytest.mark.parametrize(("overrides", "engine"), [([], "dynamic"), (["teacher.engine=static"], "static"),
+                                                   (["teacher.engine=static", "eval.engine=dynamic"], "dynamic"),
+                                                   (["eval.engine=static"], "static")])
+def test_the_evaluation_generates_as_the_teacher_unless_told_otherwise(overrides, engine, tmp_path):
+    cfg = load_config(None, ["teacher.context=hello", *overrides])
+    assert cfg.eval.engine == engine
+    save_config(cfg, tmp_path / "resolved.yaml")  # the resolved file runs the same way
+    assert load_config(tmp_path / "resolved.yaml").eval.engine == engine
+    with pytest.raises(InternalizeError, match="eval.engine"):
+        load_config(None, ["teacher.context=hello", "eval.engine=fast"])
+
+
 def test_override_keeps_equals_sign_in_value():
     cfg = load_config(None, ["teacher.context=a=b"])
     assert cfg.behaviours[0].prompt.context == "a=b"

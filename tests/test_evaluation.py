@@ -156,3 +156,18 @@ def test_forgetting_is_zero_for_the_original_model_and_grows_as_the_student_move
                 p.add_(torch.randn(p.shape, generator=g) * 0.5)
     moved = forgetting(student, tok, neutral, original, EVAL, CPU)
     assert moved["kl_original_student"] > 0.01
+
+
+def test_evaluation_generates_with_the_engine_it_is_given_and_answers_the_same(tiny, monkeypatch):
+    from internalize import evaluation
+
+    model, tok = tiny
+    student = make_student(_noisy(model), ModelConfig(name="unused", lora_r=4, lora_alpha=8))
+    reference = _reference(student, tok, prompt=PromptConfig(context="Reply."))
+    engines: list[str] = []
+    monkeypatch.setattr(evaluation, "generate", lambda *a, **k: engines.append(k["engine"]) or generate(*a, **k))
+    results = {e: evaluate(student, tok, RECORDS, reference, EvalConfig(max_new_tokens=8, batch_size=3, engine=e),
+                           "student", SCORER, CPU) for e in ("", "dynamic", "static")}
+    assert engines == ["dynamic", "dynamic", "static"]  # '' alone (no run config to follow): today's loop
+    assert results["static"].outputs == results["dynamic"].outputs == results[""].outputs
+    assert results["static"].metrics == pytest.approx(results["dynamic"].metrics, abs=1e-5)

@@ -460,11 +460,14 @@ class EvalConfig(_Section):
     neutral_file: str = _help("Forgetting check: JSONL of prompts the context says nothing about; the report "
                               "compares the student with the original model on them ('builtin': 20 everyday "
                               "prompts shipped with the package; empty = off).", default="builtin")
+    engine: str = _help("How the evaluation generates: dynamic or static, as teacher.engine (same answers); "
+                        "'' = whatever teacher.engine is.", default="")
 
     def __post_init__(self) -> None:
         self._require(self.max_new_tokens > 0, "max_new_tokens", "must be > 0")
         self._require(self.batch_size >= 1, "batch_size", "must be >= 1")
         self._require(self.num_examples >= 0, "num_examples", "must be >= 0")
+        self._choice("engine", ("", "dynamic", "static"))
 
 
 @dataclass
@@ -510,6 +513,8 @@ class Config:
             where = "teacher.context=''" if names == ["main"] else "behaviours: no behaviour has a context"
             raise InternalizeError(f"{where} is invalid: give a context to internalize "
                                    "(or train.targets=data to fine-tune on given outputs)")
+        if not self.eval.engine:  # one generation path for the run unless told otherwise
+            self.eval.engine = self.teacher.engine
         if self.output.save == "adapter" and self.model.finetune != "lora":
             raise InternalizeError("output.save='adapter' is invalid with model.finetune='full': only LoRA trains an "
                                    "adapter; use output.save=merged")

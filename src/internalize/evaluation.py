@@ -88,7 +88,7 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records
         with mode(model):
             prompts = [prompt_ids(tokenizer, r["input"]) for r in runtime.split(records)]  # this process's share
             generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
-                                   desc=condition) if prompts else []
+                                   desc=condition, engine=cfg.engine or "dynamic") if prompts else []
             outputs = runtime.gather_objects([samples[0].text for samples in generations])
             metrics["agreement"] = _mean([float(out == ref) for out, ref in zip(outputs, reference.answers, strict=True)
                                           if ref is not None])
@@ -122,7 +122,7 @@ def retention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record
     with mode(model):
         prompts = [prompt_ids(tokenizer, r["input"]) for r in runtime.split(records)]
         generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
-                               desc="retention") if prompts else []
+                               desc="retention", engine=cfg.engine or "dynamic") if prompts else []
         outputs = runtime.gather_objects([samples[0].text for samples in generations])
     return _mean([float(re.search(r["answer"], out, re.IGNORECASE) is not None)
                   for r, out in zip(records, outputs, strict=True)])
