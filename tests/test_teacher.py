@@ -522,6 +522,10 @@ def test_given_generations_are_not_generated_again_and_teach_the_same_targets(ti
         for a, b in zip(got.logp, own.logp, strict=True):  # scored after the given scratch-pad = as generated
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         assert all(torch.equal(a, b) for a, b in zip(got.ids, own.ids, strict=True))
+    calls.clear()  # the model without the context (the forgetting check's reference) never takes them
+    alone = teacher.answer(model, tok, records, None, dataclasses.replace(cfg, extractor="none", generations_file=path),
+                           RUNTIME)
+    assert calls == [4] and len(alone) == 4
 
 
 def test_a_given_generation_is_extracted_and_scored_after_its_own_scratch_pad(tiny, tmp_path):

@@ -9,7 +9,8 @@ distributions over the answer tokens are kept per token as the top-k log-probs p
 holds when the scratch-pad and the extracted answer, tokenized apart (as the views are built), are
 the generated tokens; any other answer is scored once more, conditioned on context + input +
 scratch-pad. The shared context is computed once (``decoding.Prefix``), and the targets are cached
-on disk (``cache``) for later runs.
+on disk (``cache``) for later runs. Generations written earlier (``teacher.generations_file``) are not
+made again: their answers are extracted and scored after their own scratch-pads.
 
 Demonstrations split over several contexts (``prompt.demonstrations_per_context``) teach either
 as one averaged teacher (its next-token distribution is the mean of the contexts', while
@@ -102,7 +103,7 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     prompts, group = teacher_prompts(tokenizer, records, prompt)
-    given = given_generations(cfg.generations_file)
+    given = given_generations(cfg.generations_file) if prompt is not None else {}  # they were written with the context
     where = cache_dir(cfg)
     parts, reused, answered, started = [], 0, 0, time.perf_counter()
     for start in range(0, max(len(records), 1), cfg.shard_inputs):
