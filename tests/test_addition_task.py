@@ -170,8 +170,8 @@ def test_scratchpads_reads_this_runs_cache_entries_and_scores_them_by_length(tmp
     part.mkdir(parents=True)
     # the teacher kept two of three answers (one right, one wrong); another run's entry is ignored
     part.joinpath("manifest.json").write_text(json.dumps({
-        "records": [inputs[0], inputs[2]], "generations": ["...\nAnswer: 46", "...\nAnswer: 570"],
-        "answers": [" 46", " 570"]}))
+        "records": [inputs[2], inputs[0]], "generations": ["...\nAnswer: 570", "...\nAnswer: 46"],
+        "answers": [" 570", " 46"]}))  # written out of order: the file keeps the data's order
     other = tmp_path / "cache" / "key2"
     other.mkdir()
     other.joinpath("manifest.json").write_text(json.dumps({

@@ -16,7 +16,9 @@ from internalize.views import prompt_ids
 
 CPU = torch.device("cpu")
 LORA = ModelConfig(name="unused", finetune="lora", lora_r=4, lora_alpha=8)
-CLOSE = {"atol": 1e-5, "rtol": 1e-5}
+# log-probs: the shared prefix goes through PyTorch's fused CPU attention, whose fast exp differs from plain
+# softmax by up to 4.3e-5 on an AMD EPYC (AVX-512, no AMX) and 7.6e-5 on AMX (test_decoding); same tokens always
+CLOSE = {"atol": 1e-4, "rtol": 1e-5}
 
 
 def _student(tiny):

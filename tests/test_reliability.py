@@ -96,7 +96,7 @@ def _kill(point, config_path):
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
 
 
-def _assert_same_result(out, uninterrupted):
+def _assert_same_result(out, uninterrupted, atol: float = 1e-6):
     metrics, weights = uninterrupted
     resumed_metrics = json.loads((out / "metrics.json").read_text())
     assert resumed_metrics.keys() == metrics.keys()
@@ -106,7 +106,7 @@ def _assert_same_result(out, uninterrupted):
     resumed = _weights(out)
     assert set(resumed) == set(weights)
     for name, value in weights.items():
-        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=atol)
 
 
 @pytest.mark.parametrize("point", ["teacher", "training", "checkpoint_write", "artifact"])
@@ -147,7 +147,9 @@ def test_a_killed_run_resumes_to_the_same_result_with_the_generation_engine(tiny
     path = write_yaml(tmp_path / "cfg.yaml", raw)
     _kill("training", path)
     distill(load_config(path, ["output.resume=true"]))
-    _assert_same_result(tmp_path / "run", uninterrupted)
+    # the fused CPU attention of the engine's shared prefix is not bitwise the same from process to process on
+    # every CPU: on an AMD EPYC (no AMX) the two teachers' targets trained weights 6e-6 apart
+    _assert_same_result(tmp_path / "run", uninterrupted, atol=2e-5)
 
 
 def test_a_corrupt_checkpoint_is_skipped_for_the_one_before(tiny_model_dir, tmp_path, uninterrupted, caplog):

@@ -49,6 +49,8 @@ def collect(cache: Path, data: Path, first: int = 0) -> tuple[list[dict[str, Any
             rows.append({"input": rec["input"], "a": rec["a"], "b": rec["b"], "digits": len(str(rec["a"])),
                          "generation": generation,
                          "answer": answer.strip(), "correct": answer.strip() == str(rec["a"] + rec["b"])})
+    order = {(r["a"], r["b"]): i for i, r in enumerate(inputs)}
+    rows.sort(key=lambda r: order[(r["a"], r["b"])])  # in the data file's order, not the cache's
     by_length: dict[int, dict[str, int]] = defaultdict(lambda: {"inputs": 0, "kept": 0, "correct": 0})
     for r in inputs:
         by_length[len(str(r["a"]))]["inputs"] += 1
