@@ -111,8 +111,9 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
         part_prompts = prompts[start * group : end * group]
         part = None
         if where is not None:
+            part_given = [given.get(r["input"], []) for r in records[start:end]]
             key = cache.cache_key(model, part_prompts, records[start:end], cfg, tokenizer.eos_token_id,
-                                  [given.get(r["input"], []) for r in records[start:end]] if given else None)
+                                  part_given if any(part_given) else None)  # a part with none given: its usual key
             part = cache.load(where, key)
             reused += part is not None
         if part is None:
@@ -154,14 +155,14 @@ def given_generations(path: str) -> dict[str, list[str]]:
 
 def _answer_shared(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
                    prompts: list[tuple[int, ...]], start: int, end: int, group: int, top_k: int, cfg: TeacherConfig,
-                   runtime: Runtime, desc: str, given: dict[str, list[str]] | None = None) -> Targets:
+                   runtime: Runtime, desc: str, given: dict[str, list[str]]) -> Targets:
     """The targets of ``records[start:end]``, each process answering its contiguous share (seeded by where the
     share starts), joined in input order on every process."""
     mine = runtime.split(range(start, end))
     if mine:
         lo, hi = mine[0], mine[-1] + 1
         part = _answer_part(model, tokenizer, records[lo:hi], prompts[lo * group : hi * group], group, top_k, cfg,
-                            runtime, cfg.seed + lo, desc, given or {})
+                            runtime, cfg.seed + lo, desc, given)
         part.source = [i + lo - start for i in part.source]
     else:  # more processes than inputs
         part = Targets(ids=[] if top_k else None)
