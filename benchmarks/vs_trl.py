@@ -537,10 +537,12 @@ def environment(threads: int | None) -> dict[str, Any]:
     import torch
     import transformers
     import trl
+    from throughput import cpu_flags  # beside this script
 
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_flags": cpu_flags(),
                     "python": platform.python_version(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "threads_flag": threads,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
