@@ -170,3 +170,34 @@ def test_a_teacher_with_the_examples_before_the_input_sees_the_warm_up_prompt() 
     halves = dataclasses.replace(teacher, demonstrations_per_context=2).split()
     assert [chat_messages(record["input"], c) for c in halves] == [
         [{"role": "user", "content": with_examples(record, examples[i : i + 2])["input"]}] for i in (0, 2)]
+
+
+def test_many_examples_extend_the_pool_with_questions_outside_every_part() -> None:
+    from experiments.sql import many
+
+    db = run.DBS[0]
+    parts = run.split(db)
+    shown = many.examples(db, 32)
+    assert len(shown) == 32 and shown[: run.N_POOL] == parts["pool"]  # run.py's k examples stay the first ones
+    others = {r["question"] for name, rows in parts.items() if name != "pool" for r in rows}
+    assert not {r["question"] for r in shown} & others
+    assert len({r["output"] for r in shown}) == 32 and all(execute(db, r["output"]) for r in shown)
+    assert many.examples(db, 16) == shown[:16]  # nested: a smaller n is a prefix
+
+
+def test_many_examples_chunks_and_the_single_context_chosen_on_dev() -> None:
+    from experiments.sql import many
+
+    assert [len(c) for c in many.chunks(list(range(32)), 8)] == [8, 8, 8, 8]
+    assert many.chunks(list(range(10)), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    singles = [{"dev10": {"student": d}, "test80": {"student": t}} for d, t in ((0.5, 0.9), (0.7, 0.6), (0.7, 0.8))]
+    assert many.best_single(singles, "dev10") == 1  # the first of the tied best on dev
+    assert many.best_single(singles, "test80") == 0
+    row = {"single": singles, "best_single_dev10": 1, "best_single_test80": 0,
+           "average": {"test80": {"student": 0.75}}, "sequential": [singles[0], {"test80": {"student": 0.65}}],
+           "gradient_descent": {"test80": 0.85}}
+    assert many.ways(row) == {"best_single": 0.6, "oracle_single": 0.9, "average": 0.75, "sequential": 0.65,
+                              "gradient_descent": 0.85}
+    summary = many.summary({"a": row, "b": {"average": {"test80": {"student": 0.25}}}})
+    assert summary["average"] == {"mean_test80": 0.5, "dbs": ["a", "b"]}
+    assert summary["best_single"]["dbs"] == ["a"]
