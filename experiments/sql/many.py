@@ -104,6 +104,9 @@ def cell(db: str, arm: str, n: int, budget: int, paths: dict[str, str], records:
         return run(arm, shown, f"teacher.demonstrations_per_context={budget}", f"teacher.combine={arm}")
     if arm == "sequential":  # step 1 is single_1; each later step starts from the previous step's artifact
         steps, previous = [done["single"][0]], done["single"][0]["model"]
+        if not (ROOT / previous).is_dir():  # runs/ is not kept between machines; the record is
+            raise SystemExit(f"{previous} is missing (single ran elsewhere): remove {db}'s 'single' from "
+                             f"{RESULT.name} and run single and sequential together")
         for c, chunk in enumerate(parts[1:], start=2):
             steps.append(run(f"sequential_{c}", chunk, f"model.name={ROOT / previous}"))
             previous = steps[-1]["model"]
