@@ -201,3 +201,24 @@ def test_many_examples_chunks_and_the_single_context_chosen_on_dev() -> None:
     summary = many.summary({"a": row, "b": {"average": {"test80": {"student": 0.25}}}})
     assert summary["average"] == {"mean_test80": 0.5, "dbs": ["a", "b"]}
     assert summary["best_single"]["dbs"] == ["a"]
+
+
+def test_the_scaling_plot_draws_from_a_record_in_memory_and_from_json(tmp_path: Path) -> None:
+    from experiments.sql import scaling
+
+    def row(db: str, arm: str, n: int, student: float, given: bool = False, samples: int = 1) -> dict:
+        return {"db": db, "k": 4, "arm": arm, "n_inputs": n, "inputs": "given" if given else "synthesized",
+                "teacher_sampling": {"do_sample": samples > 1}, "test80": {"student": student},
+                "section6_pooled_80": {"gradient_descent": 0.9, "teacher": 0.85}}
+
+    runs = [row(db, "given_80", 80, 0.8, given=True) for db in ("a", "b")]
+    runs += [row(db, f"synth_{n}", n, s) for db in ("a", "b") for n, s in ((80, 0.8), (320, 0.85))]
+    runs += [row("a", "synth_80_samples4_t0.7", 80, 0.82, samples=4)]
+    arms = {r["arm"]: r for r in runs}
+    summary = {4: {a: {"dbs": ["a", "b"], "n_inputs": r["n_inputs"], "teacher_sampling": r["teacher_sampling"],
+                       "test80": {"student": 0.8}} for a, r in arms.items()}
+               | {"curve": [{"arm": "synth_80", "n_inputs": 80, "student_test80": 0.8},
+                            {"arm": "synth_320", "n_inputs": 320, "student_test80": 0.85}]}}
+    scaling.plot({"runs": runs, "summary": summary}, tmp_path / "mem.png")
+    scaling.plot(json.loads(json.dumps({"runs": runs, "summary": summary})), tmp_path / "json.png")  # str keys
+    assert (tmp_path / "mem.png").stat().st_size > 10_000 and (tmp_path / "json.png").stat().st_size > 10_000

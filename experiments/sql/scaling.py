@@ -308,8 +308,58 @@ def write(runs: list[dict[str, Any]], synthesis: dict[str, dict[str, Any]], skip
                          "synth_N": "the first N of runs/sql_scaling/DB/synthesized_kK.jsonl after the held-out removal"},
               "synthesis": synthesis, "skipped": skipped, "runs": runs, "summary": summary, "wall_s": round(wall_s, 1)}
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, RESULT.with_suffix(".png"))
     log.info("summary %s (%.0f s)", {k: {c["arm"]: c["student_test80"] for c in v["curve"]} for k, v in summary.items()},
              result["wall_s"])
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Per k, the student's test80 score against its number of unlabeled inputs: each database's greedy synthesized
+    arms (thin) and their mean (thick), the given 80 and the sampled arms as markers, section 6.2's gradient descent
+    and teacher means over the same databases as dashed lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = {int(k): v for k, v in result["summary"].items()}  # int keys in memory, str once read from JSON
+    ks = sorted(summary)
+    if not ks:
+        return
+    fig, axes = plt.subplots(1, len(ks), figsize=(6 * len(ks), 4), squeeze=False)
+    for ax, k in zip(axes[0], ks, strict=True):
+        runs = [r for r in result["runs"] if r["k"] == k]
+        greedy = [r for r in runs if r["inputs"] == "synthesized" and not r["teacher_sampling"]["do_sample"]]
+        for db in dict.fromkeys(r["db"] for r in greedy):
+            mine = sorted((r["n_inputs"], r["test80"]["student"]) for r in greedy if r["db"] == db)
+            ax.plot(*zip(*mine, strict=True), color="tab:blue", alpha=0.3, lw=1, marker=".")
+        for name, s in summary[k].items():
+            if name == "curve":
+                continue
+            label = f"{name} (mean of {len(s['dbs'])})"
+            if s["teacher_sampling"]["do_sample"]:
+                ax.plot(s["n_inputs"], s["test80"]["student"], "s", color="tab:orange", label=label)
+            elif name.startswith("given_"):
+                ax.plot(s["n_inputs"], s["test80"]["student"], "D", color="tab:green", label=label)
+        curve = [(c["n_inputs"], c["student_test80"]) for c in summary[k]["curve"] if c["arm"].startswith("synth_")]
+        if curve:
+            ax.plot(*zip(*sorted(curve), strict=True), color="tab:blue", lw=2.5, marker="o",
+                    label="synthesized inputs, greedy teacher (mean)")
+        section6 = [r["section6_pooled_80"] for r in runs if r["arm"] == runs[0]["arm"] and "section6_pooled_80" in r]
+        for cond, style in (("gradient_descent", "tab:red"), ("teacher", "tab:gray")):
+            if section6:
+                ax.axhline(statistics.mean(x[cond] for x in section6), ls="--", color=style,
+                           label=f"6.2 {cond.replace('_', ' ')} (mean of {len(section6)})")
+        sizes = sorted({r["n_inputs"] for r in runs})
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks(sizes, [str(n) for n in sizes])
+        ax.set_xlim(sizes[0] / 1.5, sizes[-1] * 1.5)
+        ax.set(xlabel="unlabeled training inputs", ylabel="student execution accuracy (test80)",
+               title=f"Text-to-SQL, k = {k}: the student against its inputs", ylim=(0.5, 1.02))
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
