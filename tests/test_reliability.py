@@ -96,7 +96,10 @@ def _kill(point, config_path):
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
 
 
-def _assert_same_result(out, uninterrupted, atol: float = 1e-6):
+# 1e-5: the resumed run trains in another process, and on some CPUs the kernels are not bitwise the same from
+# process to process (an AMD EPYC with AVX2 only: 1.2e-6 to 1.8e-6 apart); a lost or repeated step moves the
+# tiny model's weights by orders of magnitude more
+def _assert_same_result(out, uninterrupted, atol: float = 1e-5):
     metrics, weights = uninterrupted
     resumed_metrics = json.loads((out / "metrics.json").read_text())
     assert resumed_metrics.keys() == metrics.keys()
