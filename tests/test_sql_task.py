@@ -203,6 +203,17 @@ def test_many_examples_chunks_and_the_single_context_chosen_on_dev() -> None:
     assert summary["best_single"]["dbs"] == ["a"]
 
 
+def test_the_many_plot_draws_partial_records(tmp_path: Path) -> None:
+    from experiments.sql import many
+
+    step = {"test80": {"student": 0.8}, "dev10": {"student": 0.7}}
+    full = {"single": [step, step], "best_single_dev10": 0, "best_single_test80": 1, "average": step,
+            "sequential": [step, step], "gradient_descent": {"test80": 0.9}}
+    dbs = {"a": full, "b": {"single": [step], "best_single_dev10": 0, "best_single_test80": 0}}  # b: single only
+    many.plot({"n": 32, "budget": 8, "dbs": dbs, "summary": many.summary(dbs)}, tmp_path / "many.png")
+    assert (tmp_path / "many.png").stat().st_size > 10_000
+
+
 def test_the_scaling_plot_draws_from_a_record_in_memory_and_from_json(tmp_path: Path) -> None:
     from experiments.sql import scaling
 

@@ -25,7 +25,8 @@ and dev10 (``scaling.split_scores``). Only dev10 chooses (the best single chunk,
 
 Writes ``experiments/sql/results/sql_many.json`` after every cell (a cell: one database's arm); a rerun skips the
 cells it holds, so the databases can be run in several sessions. Every database gets an arm before the next arm
-starts. Runs go to ``runs/sql_many/DB/``; the warmed-up model is needed first (``README.md``).
+starts; the plot ``sql_many.png`` is drawn at the end. Runs go to ``runs/sql_many/DB/``; the warmed-up model is
+needed first (``README.md``).
 
 Cost, an estimate from ``scaling.py``'s figures, not measured: a student run is ~4 min (teacher and training on
 80 inputs, then base, teacher and student on 90 questions); the averaged teacher answers C times. Per database at
@@ -52,6 +53,7 @@ from experiments.sql.scaling import N_EVAL, split_scores
 from internalize import load_config
 
 RESULT = ROOT / "experiments/sql/results/sql_many.json"
+PLOT = RESULT.with_suffix(".png")
 RUNS = ROOT / "runs/sql_many"
 N_SPLIT = N_TEST + N_POOL + N_DEV + N_INPUTS + N_EXTRA  # the questions run.split(db) cuts into parts
 ARMS = ("single", "average", "route", "sequential", "gradient_descent")  # in the order they run
@@ -143,6 +145,44 @@ def summary(dbs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "dbs": [db for db, s in scored.items() if w in s]} for w in names}
 
 
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Left: each way's test80 student score per database and their mean (over the databases that have the way).
+    Right: sequential distillation step by step (chunk 1, then 2 on top, ...), each database's test80 and dev10."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = {db: ways(row) for db, row in result["dbs"].items()}
+    names = list(dict.fromkeys(w for s in scored.values() for w in s))
+    if not names:
+        return
+    groups = [*scored, "mean"]
+    fig, (bars, steps) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        values = [scored[db].get(name, float("nan")) for db in scored] + [result["summary"][name]["mean_test80"]]
+        bars.bar([g + (i - (len(names) - 1) / 2) * width for g in range(len(groups))], values, width,
+                 label=name.replace("_", " "), hatch="//" if name == "oracle_single" else None,
+                 color="tab:red" if name == "gradient_descent" else None)
+    bars.set_xticks(range(len(groups)), groups)
+    bars.set(ylabel="student execution accuracy (test80)", ylim=(0.5, 1.02),
+             title=f"{result['n']} examples, {result['budget']} per context: the ways to use them")
+    bars.legend(fontsize=7, loc="lower left", ncol=3)
+    for db, row in result["dbs"].items():
+        for part, style in (("test80", "-"), ("dev10", ":")):
+            if "sequential" in row:
+                ys = [s[part]["student"] for s in row["sequential"]]
+                steps.plot(range(1, len(ys) + 1), ys, style, marker="o", label=f"{db} {part}")
+    steps.set(xlabel="chunks distilled in sequence", ylabel="student execution accuracy", ylim=(0.5, 1.02),
+              title="Sequential distillation, step by step")
+    if steps.lines:
+        steps.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dbs", nargs="+", default=list(DBS))
@@ -185,6 +225,8 @@ def main() -> None:
                                  "questions; best_single is chosen on dev10, oracle_single on test80 (not a baseline)"}
             RESULT.write_text(json.dumps(result, indent=2) + "\n")
             log.info("%s %s done; means so far %s", db, arm, {w: s["mean_test80"] for w, s in result["summary"].items()})
+    if result["dbs"]:
+        plot(result, PLOT)  # also when every cell was already held: a rerun only redraws it
 
 
 if __name__ == "__main__":
