@@ -28,10 +28,9 @@ cells it holds, so the databases can be run in several sessions. Every database 
 starts; the plot ``sql_many.png`` is drawn at the end. Runs go to ``runs/sql_many/DB/``; the warmed-up model is
 needed first (``README.md``).
 
-Cost, an estimate from ``scaling.py``'s figures, not measured: a student run is ~4 min (teacher and training on
-80 inputs, then base, teacher and student on 90 questions); the averaged teacher answers C times. Per database at
-N = 32: 4 single + average + route + 3 sequential steps ~ 40 min, gradient descent (6 dev runs, 1 test run)
-~ 10 min: ~50 min per database, ~3.3 h for four.
+Cost, measured on zoo-5000 and hospital-5001 (2-core AMD EPYC, AVX2): a single-context student run 3-6 min, the
+averaged one ~20 min (its 4 contexts share no prefix, so every input recomputes all of them), routed ~6 min, each
+sequential step ~3.5 min, gradient descent (6 dev runs, 1 test run) 18-21 min: ~73 min per database.
 
     python -m experiments.sql.many --dbs zoo-5000 hospital-5001 zoo-5002 hospital-5003 --n 32 --budget 8
 """
@@ -170,10 +169,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
              title=f"{result['n']} examples, {result['budget']} per context: the ways to use them")
     bars.legend(fontsize=7, loc="lower left", ncol=3)
     for db, row in result["dbs"].items():
-        for part, style in (("test80", "-"), ("dev10", ":")):
-            if "sequential" in row:
-                ys = [s[part]["student"] for s in row["sequential"]]
-                steps.plot(range(1, len(ys) + 1), ys, style, marker="o", label=f"{db} {part}")
+        for part, style in (("test80", "-"), ("dev10", ":")) if "sequential" in row else ():
+            ys = [s[part]["student"] for s in row["sequential"]]
+            steps.plot(range(1, len(ys) + 1), ys, style, marker="o", label=f"{db} {part}")
     steps.set(xlabel="chunks distilled in sequence", ylabel="student execution accuracy", ylim=(0.5, 1.02),
               title="Sequential distillation, step by step")
     if steps.lines:
