@@ -3,6 +3,8 @@ cache written in place, finished rows refilled from waiting prompts, and the mod
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import TINY_INPUTS, perturb_lora
@@ -73,6 +75,26 @@ def test_static_equals_dynamic_with_contexts_averaged_and_several_samples(tiny):
     assert all(len(s) == 2 for s in runs[0])
 
 
+def test_each_averaged_context_runs_once(tiny, monkeypatch):
+    """Averaged contexts share only the header: each context's own tokens run once, copied into every row that
+    shows it; the rows run only the input's tokens (before, each row ran its whole context again)."""
+    student, tok = _student(tiny)
+    contexts = [_prompts(tok, c) for c in ("Be brief.", "Answer in one long sentence, please, with care.")]
+    grouped = [p for pair in zip(*contexts, strict=True) for p in pair]
+    skip = len(Prefix.shared(grouped))
+    own = engine.context_ids(grouped, 2, skip)
+    assert [len(c) for c in own] == [len(Prefix.shared(c)) - skip for c in contexts] and min(map(len, own)) > 10
+    calls: list[tuple[int, int]] = []  # (rows, query length) of each forward
+    real = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda m, b, tokens, *a, **k: calls.append(tuple(tokens.shape))
+                        or real(m, b, tokens, *a, **k))
+    with inference_mode(student):
+        generate(student, tok, grouped, max_new_tokens=8, batch_size=3, device=CPU, group=2, engine="static")
+    assert calls[:2] == [(1, len(own[0])), (1, len(own[1]))]  # each context once, first
+    inputs = max(len(p) for p in grouped) - skip - min(map(len, own))
+    assert all(t <= inputs for _, t in calls[2:])  # the rows run their input only
+
+
 def test_sampling_is_seeded_and_scores_the_sampled_tokens(tiny):
     student, tok = _student(tiny)
     prompts = _prompts(tok)
@@ -89,15 +111,22 @@ def test_sampling_is_seeded_and_scores_the_sampled_tokens(tiny):
     assert len({g.ids for s in runs[0] for g in s}) > len(prompts)  # samples differ
 
 
+@pytest.mark.parametrize("group", [1, 2])
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
-def test_static_equals_dynamic_on_each_family(family):
-    """Every family, the 16-token sliding windows included (the engine masks by position: the prefix stays shared)."""
+def test_static_equals_dynamic_on_each_family(family, group):
+    """Every family, the 16-token sliding windows included (the engine masks by position: the prefix stays shared);
+    ``group`` 2: each input under two contexts, averaged (each context's keys and values copied into its rows)."""
     model = build(family)
     prompts = [prompt_ids(TOK, x, PROMPT) for x in TINY_INPUTS[:6]]
     assert len(Prefix.shared(prompts)) > 150
+    if group == 2:  # the second context: the first with a longer context text
+        other = dataclasses.replace(PROMPT, context="Think it over. " + PROMPT.context)
+        prompts = [p for pair in zip(prompts, [prompt_ids(TOK, x, other) for x in TINY_INPUTS[:6]], strict=True)
+                   for p in pair]
+        assert min(map(len, engine.context_ids(prompts, 2, len(Prefix.shared(prompts))))) > 150
     with inference_mode(model):
-        runs = [generate(model, TOK, prompts, max_new_tokens=8, batch_size=4, device="cpu", distributions=8, engine=e)
-                for e in ("static", "dynamic")]
+        runs = [generate(model, TOK, prompts, max_new_tokens=8, batch_size=4, device="cpu", distributions=8,
+                         group=group, engine=e) for e in ("static", "dynamic")]
     _same(*runs)
 
 

@@ -12,7 +12,10 @@ followed by the next N - 8 questions the generator writes after every part of ``
   highest on dev10 (the first on ties): the single context a user could pick. The chunk best on test80 is kept
   beside it as ``oracle_single``, for comparison with section 6.1's oracle, never as the baseline;
 - **average**: all N examples, K per context, the teacher's distributions averaged token by token
-  (``teacher.demonstrations_per_context=K``, ``teacher.combine=average``);
+  (``teacher.demonstrations_per_context=K``, ``teacher.combine=average``), the teacher on the static engine, which
+  runs each context once (``AVERAGE_ENGINE``; zoo-5000 and hospital-5001 ran on the dynamic one, which runs every
+  context again for every input: ``--recheck-average`` runs such an arm again on the static engine and records
+  how many answers are the same);
 - **route**: the same C contexts, input i taught by context i mod C (``teacher.combine=route``);
 - **sequential**: single_1's student, then chunk 2 distilled into it (``model.name`` = its artifact), and so on to
   chunk C; every step is scored, the last one is the arm;
@@ -29,8 +32,9 @@ starts; the plot ``sql_many.png`` is drawn at the end. Runs go to ``runs/sql_man
 needed first (``README.md``).
 
 Cost, measured on zoo-5000 and hospital-5001 (2-core AMD EPYC, AVX2): a single-context student run 3-6 min, the
-averaged one ~20 min (its 4 contexts share no prefix, so every input recomputes all of them), routed ~6 min, each
-sequential step ~3.5 min, gradient descent (6 dev runs, 1 test run) 18-21 min: ~73 min per database.
+averaged one ~20 min on the dynamic engine (its 4 contexts share no prefix, so every input recomputed all of them),
+routed ~6 min, each sequential step ~3.5 min, gradient descent (6 dev runs, 1 test run) 18-21 min: ~73 min per
+database.
 
     python -m experiments.sql.many --dbs zoo-5000 hospital-5001 zoo-5002 hospital-5003 --n 32 --budget 8
 """
@@ -48,13 +52,16 @@ from typing import Any
 from experiments.examples.run import gradient_descent, scored_run
 from experiments.sql import task
 from experiments.sql.run import CONFIG, DBS, N_DEV, N_EXTRA, N_INPUTS, N_POOL, N_TEST, ROOT, files, labelled, split
-from experiments.sql.scaling import N_EVAL, split_scores
+from experiments.sql.scaling import CONDITIONS, N_EVAL, split_scores
 from internalize import load_config
 
 RESULT = ROOT / "experiments/sql/results/sql_many.json"
 PLOT = RESULT.with_suffix(".png")
 RUNS = ROOT / "runs/sql_many"
 N_SPLIT = N_TEST + N_POOL + N_DEV + N_INPUTS + N_EXTRA  # the questions run.split(db) cuts into parts
+# the averaged teacher on the static engine: each context runs once, not once per input (same answers, checked by
+# --recheck-average on the databases whose averaged arm ran on the dynamic engine)
+AVERAGE_ENGINE = ("teacher.engine=static", "eval.engine=dynamic")
 ARMS = ("single", "average", "route", "sequential", "gradient_descent")  # in the order they run
 log = logging.getLogger("sql.many")
 
@@ -102,7 +109,8 @@ def cell(db: str, arm: str, n: int, budget: int, paths: dict[str, str], records:
     if arm == "single":
         return [run(f"single_{c + 1}", chunk) for c, chunk in enumerate(parts)]
     if arm in ("average", "route"):
-        return run(arm, shown, f"teacher.demonstrations_per_context={budget}", f"teacher.combine={arm}")
+        return run(arm, shown, f"teacher.demonstrations_per_context={budget}", f"teacher.combine={arm}",
+                   *(AVERAGE_ENGINE if arm == "average" else ()))
     if arm == "sequential":  # step 1 is single_1; each later step starts from the previous step's artifact
         steps, previous = [done["single"][0]], done["single"][0]["model"]
         if not (ROOT / previous).is_dir():  # runs/ is not kept between machines; the record is
@@ -118,6 +126,19 @@ def cell(db: str, arm: str, n: int, budget: int, paths: dict[str, str], records:
         return {"test80": gd["test"], "dev10_sweep": gd["sweep"], "best": gd["best"],
                 "wall_s": round(time.perf_counter() - start, 1)}
     raise ValueError(f"unknown arm {arm!r}")
+
+
+def recheck_average(db: str, n: int, budget: int, paths: dict[str, str], records: list[dict]) -> dict[str, Any]:
+    """The averaged arm again with ``AVERAGE_ENGINE`` and the teacher cache off (the dynamic run's targets would be
+    reused), beside the recorded run: its scores, and per condition how many of the eval answers are the same."""
+    row = student(db, "average_static", examples(db, n), records, paths["test80_dev10"], paths["inputs"],
+                  f"teacher.demonstrations_per_context={budget}", "teacher.combine=average", *AVERAGE_ENGINE,
+                  "teacher.cache_dir=")
+    before, after = ([json.loads(line) for line in (RUNS / db / name / "answers.jsonl").read_text().splitlines()]
+                     for name in ("average", "average_static"))
+    row["same_answers"] = {c: sum(a[c] == b[c] for a, b in zip(before, after, strict=True)) for c in CONDITIONS}
+    row["of"] = len(before)
+    return row
 
 
 def ways(row: dict[str, Any]) -> dict[str, float]:
@@ -187,10 +208,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32, help="examples per database")
     parser.add_argument("--budget", type=int, default=8, help="examples per context")
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--recheck-average", nargs="+", default=[], metavar="DB",
+                        help="after the arms: DB's averaged arm again on AVERAGE_ENGINE (once per DB; needs its run dir)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not 1 <= args.budget < args.n:
         parser.error("need 1 <= --budget < --n: more examples than one context holds")
+    if not set(args.recheck_average) <= set(args.dbs):
+        parser.error("--recheck-average: give those databases in --dbs too")
     if "sequential" in args.arms and "single" not in args.arms:
         parser.error("--arms sequential starts from single_1's student: give single too")
     warm = load_config(ROOT / CONFIG).model.name
@@ -217,12 +242,21 @@ def main() -> None:
                 row["best_single_dev10"] = best_single(row["single"], "dev10")
                 row["best_single_test80"] = best_single(row["single"], "test80")
             result |= {"summary": summary(result["dbs"]), "wall_s": round(before + time.perf_counter() - start, 1),
-                       "command": f"python -m experiments.sql.many --dbs {' '.join(args.dbs)} --n {args.n} "
+                       "command": f"python -m experiments.sql.many --dbs {' '.join(result['dbs'])} --n {args.n} "
                                   f"--budget {args.budget}",
                        "scores": "execution accuracy of the student (no examples in context) on the pooled 80 test "
                                  "questions; best_single is chosen on dev10, oracle_single on test80 (not a baseline)"}
             RESULT.write_text(json.dumps(result, indent=2) + "\n")
             log.info("%s %s done; means so far %s", db, arm, {w: s["mean_test80"] for w, s in result["summary"].items()})
+    for db in args.recheck_average:  # the static engine against the dynamic one on a recorded averaged arm
+        row = result["dbs"][db]
+        if "average_recheck" not in row:
+            if not (RUNS / db / "average/answers.jsonl").is_file():
+                raise SystemExit(f"{RUNS / db / 'average'} is missing (average ran elsewhere): nothing to recheck")
+            row["average_recheck"] = recheck_average(db, args.n, args.budget, paths[db], records[db])
+            RESULT.write_text(json.dumps(result, indent=2) + "\n")
+            log.info("%s average recheck: %s of %d answers the same", db, row["average_recheck"]["same_answers"],
+                     row["average_recheck"]["of"])
     if result["dbs"]:
         plot(result, PLOT)  # also when every cell was already held: a rerun only redraws it
 
