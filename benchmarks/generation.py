@@ -1,6 +1,6 @@
 """Generated tokens per second: the generation engine against today's loop and Hugging Face ``generate``.
 
-One process, side by side, SmolLM2-135M-Instruct on the CPU, three workloads:
+One process, side by side, SmolLM2-135M-Instruct on the CPU, four workloads:
 
 (a) ``main``: the main job's teacher (``examples/over.yaml``: its context and three demonstrations
     before each of the 130 training questions), 64 new tokens, top-k distributions kept;
@@ -14,6 +14,12 @@ One process, side by side, SmolLM2-135M-Instruct on the CPU, three workloads:
     (static, dynamic) is the run on all of them minus the run on the first alone, over the 15 inputs
     added, where the prefill cancels; each timing the median of ``--repeats`` runs (3).
 
+(d) ``averaged``: the main job's teacher with its three demonstrations replaced by about 500 tokens of others,
+    four such contexts (different demonstrations) averaged token by token (``teacher.combine=average``), on the
+    first ``--averaged-inputs`` training questions (32), 64 new tokens, top-k; the four contexts share only the
+    instruction. The engine runs each context once; today's loop runs all four again for every input. Static
+    against dynamic (``model.generate`` cannot average).
+
 Paths: ``static`` (``internalize.engine``: the prefix once, a preallocated cache, finished rows
 refilled), ``dynamic`` (today's loop over ``DynamicCache``, ``generate(..., engine="dynamic")``) and
 ``hf`` (``model.generate`` on left-padded batches, no distributions; on fewer inputs, it is slow).
@@ -22,13 +28,14 @@ matmul peak (useful FLOPs only: the prefix counted once, 2 x non-embedding param
 the output head per generated token, attention scores and values over each token's context).
 Also checks the engine against today's loop: same answers, max |log-prob difference|.
 
-    python benchmarks/generation.py                       # all three; benchmarks/results/generation.json
+    python benchmarks/generation.py                       # all four; benchmarks/results/generation.json
     python benchmarks/generation.py --only main --hf-inputs 16
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -38,7 +45,7 @@ import time
 from pathlib import Path
 
 import torch
-from prefix_cache import context_of
+from prefix_cache import POOL, context_of
 from throughput import cpu_flags, flops_per_token, head_flops, matmul_peak
 
 from internalize import engine
@@ -91,22 +98,25 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int,
 
 
 def measure(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device, path: str,
-            distributions: int | None, peak: float) -> dict:
-    """One path on ``prompts``: seconds, tokens/s, FLOP/s and MFU; the answers and log-probs for the checks."""
+            distributions: int | None, peak: float, group: int = 1) -> dict:
+    """One path on ``prompts``: seconds, tokens/s, FLOP/s and MFU; the answers and log-probs for the checks.
+    ``group`` > 1: ``group`` prompts per input, averaged (no FLOP/s: useful_flops counts one context)."""
     with teacher_mode(model):
         start = time.perf_counter()
         if path == "hf":
             ids, logp = hf_generate(model, tokenizer, prompts, max_new_tokens, batch_size, device), None
         else:
             gens = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device,
-                                           distributions=distributions, engine=path, progress=False)]
+                                           distributions=distributions, group=group, engine=path, progress=False)]
             ids, logp = [g.ids for g in gens], [g.logp for g in gens]
         seconds = time.perf_counter() - start
     tokens = sum(map(len, ids))
-    flops = useful_flops(model, prompts, ids, len(Prefix.shared(prompts)))
-    return {"inputs": len(prompts), "seconds": round(seconds, 2), "generated_tokens": tokens,
-            "tokens_per_s": round(tokens / seconds, 1), "gflop_per_s": round(flops / seconds / 1e9, 2),
-            "mfu": round(flops / seconds / peak, 4), "ids": ids, "logp": logp}
+    row = {"inputs": len(prompts) // group, "seconds": round(seconds, 2), "generated_tokens": tokens,
+           "tokens_per_s": round(tokens / seconds, 1), "ids": ids, "logp": logp}
+    if group == 1:
+        flops = useful_flops(model, prompts, ids, len(Prefix.shared(prompts)))
+        row |= {"gflop_per_s": round(flops / seconds / 1e9, 2), "mfu": round(flops / seconds / peak, 4)}
+    return row
 
 
 def agreement(a: dict, b: dict) -> dict:
@@ -137,6 +147,33 @@ def workload(model, tokenizer, name: str, prompts, max_new_tokens: int, batch_si
         row[f"static_batch_{larger}"] = {k: v for k, v in big.items() if k not in ("ids", "logp")}
         row[f"static_batch_{larger}_over_dynamic"] = round(big["tokens_per_s"] / runs["dynamic"]["tokens_per_s"], 2)
         row[f"static_batch_{larger}_vs_dynamic"] = agreement(big, runs["dynamic"])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def averaged(model, tokenizer, base: PromptConfig, texts: list[str], contexts: int, target: int, max_new_tokens: int,
+             batch_size: int, device, distributions: int, peak: float) -> dict:
+    """(d): ``contexts`` contexts of about ``target`` tokens (``base`` with its demonstrations replaced by POOL's,
+    each context starting at another POOL entry), averaged on every question; static against dynamic."""
+    def context(first: int) -> PromptConfig:
+        demos: list[dict] = []
+        while len(prompt_ids(tokenizer, "?", dataclasses.replace(base, demonstrations=demos))) < target:
+            q, a = POOL[(first + len(demos)) % len(POOL)]
+            demos.append({"input": q, "output": a})
+        return dataclasses.replace(base, demonstrations=demos)
+
+    shown = [context(g * len(POOL) // contexts) for g in range(contexts)]
+    prompts = [prompt_ids(tokenizer, q, c) for q in texts for c in shown]
+    own = engine.context_ids(prompts, contexts, len(Prefix.shared(prompts)))
+    runs = {path: measure(model, tokenizer, prompts, max_new_tokens, batch_size, device, path, distributions, peak,
+                          contexts) for path in ("static", "dynamic")}
+    row = {"workload": "averaged", "inputs": len(texts), "contexts": contexts,
+           "prompt_tokens": [len(prompts[g]) for g in range(contexts)], "prefix_tokens": len(Prefix.shared(prompts)),
+           "context_own_tokens": [len(c) for c in own], "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+           "distributions": distributions,
+           **{path: {k: v for k, v in r.items() if k not in ("ids", "logp")} for path, r in runs.items()},
+           "static_over_dynamic": round(runs["static"]["tokens_per_s"] / runs["dynamic"]["tokens_per_s"], 2),
+           "static_vs_dynamic": agreement(runs["static"], runs["dynamic"])}
     print(json.dumps(row), flush=True)
     return row
 
@@ -203,13 +240,16 @@ def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["main", "addition", "context"], nargs="+",
-                        default=["main", "addition", "context"])
+    parser.add_argument("--only", choices=["main", "addition", "context", "averaged"], nargs="+",
+                        default=["main", "addition", "context", "averaged"])
     parser.add_argument("--hf-inputs", type=int, default=64, help="inputs Hugging Face generate runs on (a) and (b)")
     parser.add_argument("--larger", type=int, default=128, help="(a), (b): the engine alone at this many rows too")
     parser.add_argument("--per-length", type=int, default=32, help="(b) sums per digit count, 1 to 8 digits")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 4096], help="(c) context targets in tokens")
     parser.add_argument("--repeats", type=int, default=3, help="(c) runs per timing, the median kept")
+    parser.add_argument("--averaged-inputs", type=int, default=32, help="(d) questions, each under every context")
+    parser.add_argument("--contexts", type=int, default=4, help="(d) contexts averaged")
+    parser.add_argument("--context-tokens", type=int, default=500, help="(d) tokens of each context's prompt")
     parser.add_argument("--out", default="benchmarks/results/generation.json")
     args = parser.parse_args()
     cfg = load_config(ROOT / "examples/over.yaml")
@@ -236,6 +276,11 @@ def main() -> None:
                                       args.larger)
     if "context" in args.only:
         report["context"] = context_rows(model, tokenizer, cfg, device, peak, args.lengths, 16, 4, args.repeats)
+    if "averaged" in args.only:
+        texts = [r["input"] for r in read_jsonl(behaviour.train_file, behaviour.key("train_file"))]
+        report["averaged"] = averaged(model, tokenizer, behaviour.prompt, texts[: args.averaged_inputs], args.contexts,
+                                      args.context_tokens, cfg.teacher.max_new_tokens, cfg.teacher.batch_size, device,
+                                      cfg.teacher.top_k, peak)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
