@@ -33,8 +33,8 @@ needed first (``README.md``).
 
 Cost, measured on zoo-5000 and hospital-5001 (2-core AMD EPYC, AVX2): a single-context student run 3-6 min, the
 averaged one ~20 min on the dynamic engine (its 4 contexts share no prefix, so every input recomputed all of them),
-routed ~6 min, each sequential step ~3.5 min, gradient descent (6 dev runs, 1 test run) 18-21 min: ~73 min per
-database.
+routed ~6 min, each sequential step ~3.5 min, gradient descent (6 dev runs, 1 test run) 18-22 min: ~73 min per
+database; the averaged arm on the static engine (zoo-5002, hospital-5003) ~5.5 min, so ~58 min per database.
 
     python -m experiments.sql.many --dbs zoo-5000 hospital-5001 zoo-5002 hospital-5003 --n 32 --budget 8
 """
