@@ -35,7 +35,6 @@ Also checks the engine against today's loop: same answers, max |log-prob differe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -155,14 +154,7 @@ def averaged(model, tokenizer, base: PromptConfig, texts: list[str], contexts: i
              batch_size: int, device, distributions: int, peak: float) -> dict:
     """(d): ``contexts`` contexts of about ``target`` tokens (``base`` with its demonstrations replaced by POOL's,
     each context starting at another POOL entry), averaged on every question; static against dynamic."""
-    def context(first: int) -> PromptConfig:
-        demos: list[dict] = []
-        while len(prompt_ids(tokenizer, "?", dataclasses.replace(base, demonstrations=demos))) < target:
-            q, a = POOL[(first + len(demos)) % len(POOL)]
-            demos.append({"input": q, "output": a})
-        return dataclasses.replace(base, demonstrations=demos)
-
-    shown = [context(g * len(POOL) // contexts) for g in range(contexts)]
+    shown = [context_of(tokenizer, base, target, g * len(POOL) // contexts) for g in range(contexts)]
     prompts = [prompt_ids(tokenizer, q, c) for q in texts for c in shown]
     own = engine.context_ids(prompts, contexts, len(Prefix.shared(prompts)))
     runs = {path: measure(model, tokenizer, prompts, max_new_tokens, batch_size, device, path, distributions, peak,

@@ -44,11 +44,12 @@ POOL = [  # demonstration turns that pad the context, in the main job's style
 ]
 
 
-def context_of(tokenizer, base, target: int):
-    """The main job's prompt with demonstrations added until the prompt reaches ``target`` tokens."""
+def context_of(tokenizer, base, target: int, first: int = 0):
+    """The main job's prompt with demonstrations (POOL's, from entry ``first`` on) in place of its own, added until
+    the prompt reaches ``target`` tokens."""
     demos = []
     while len(prompt_ids(tokenizer, "?", dataclasses.replace(base, demonstrations=demos))) < target:
-        q, a = POOL[len(demos) % len(POOL)]
+        q, a = POOL[(first + len(demos)) % len(POOL)]
         demos.append({"input": q, "output": a})
     return dataclasses.replace(base, demonstrations=demos)
 
