@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, DynamicCache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .decoding import Generation, Prefix, answer_text, choose_token, common_prefix_length, mean_over_contexts, stop_strings
+from .decoding import Generation, Prefix, answer_text, choose_token, mean_over_contexts, stop_strings
 from .targets import topk_with_tail
 from .views import stop_ids
 
@@ -250,12 +250,7 @@ def context_ids(prompts: Sequence[Sequence[int]], group: int, skip: int) -> list
     """Each context's own tokens, for ``group`` prompts per input (one per context, in order): the common prefix of
     the prompts showing context ``g`` (every ``group``-th from the ``g``-th) after the ``skip`` tokens all prompts
     share, leaving at least one token of each prompt."""
-    out = []
-    for g in range(group):
-        mine = [p[skip:] for p in prompts[g::group]]
-        n = min(common_prefix_length(mine), min(map(len, mine)) - 1)
-        out.append(tuple(mine[0][: max(n, 0)]))
-    return out
+    return [Prefix.shared([p[skip:] for p in prompts[g::group]]).ids for g in range(group)]
 
 
 def prefill_context(model: PreTrainedModel, ids: Sequence[int], prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]
