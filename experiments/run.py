@@ -63,7 +63,7 @@ def main(experiment: str, name: str, config: str, overrides: list[str]) -> None:
         "metrics": metrics,
     }
     for key in ("forgetting", "retention", "on_policy", "rehearsal_answers", "started_from", "behaviours", "teacher_cache",
-                "steps", "validation_answers", "best_step", "best_val_kl"):
+                "steps", "validation_answers", "best_step", "best_val_kl", "resumed_from"):
         if key in run:
             result[key] = run[key]
     results = EXPERIMENTS / experiment / "results"
