@@ -183,6 +183,8 @@ def test_scratchpads_reads_this_runs_cache_entries_and_scores_them_by_length(tmp
         inputs[0]["input"]: ["...\nAnswer: 46"], inputs[2]["input"]: ["...\nAnswer: 570"]}
     rows2, summary2 = scratchpads.collect(tmp_path / "cache", data, first=2)  # a run taught on the first 2 inputs
     assert [r["a"] for r in rows2] == [12] and set(summary2["by_length"]) == {"1", "2"}
+    rows3, summary3 = scratchpads.collect(tmp_path / "cache", data, skip=1)  # the first input's generation was given
+    assert [r["a"] for r in rows3] == [123] and set(summary3["by_length"]) == {"1", "3"}
     assert summary["inputs_found"] == 2 and summary["inputs"] == 3
     assert summary["by_length"] == {"1": {"inputs": 1, "kept": 0, "correct": 0, "accuracy": 0.0},
                                     "2": {"inputs": 1, "kept": 1, "correct": 1, "accuracy": 1.0},

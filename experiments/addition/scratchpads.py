@@ -13,6 +13,10 @@ Dropped generations (no answer, or unfinished) are not in the file: a later run 
     python -m experiments.addition.scratchpads --cache runs/teacher_cache8 \\
         --data experiments/addition/data8/distill.jsonl --first 2000 \\
         --jsonl experiments/addition/data8/teacher_scratchpads.jsonl \\
+        --out experiments/addition/results/addition_student8_2000_scratchpads.json
+    python -m experiments.addition.scratchpads --cache ~/.cache/internalize/teacher \
+        --data experiments/addition/data8/distill.jsonl --skip 2000 \
+        --jsonl experiments/addition/data8/teacher_scratchpads_2001_4000.jsonl \
         --out experiments/addition/results/addition_student8_scratchpads.json
 """
 
@@ -30,11 +34,11 @@ from internalize.data import write_jsonl
 log = logging.getLogger("addition")
 
 
-def collect(cache: Path, data: Path, first: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The kept generations of ``data``'s inputs (its ``first`` lines, 0: all) found in ``cache``, and the accuracy
-    by digit length."""
+def collect(cache: Path, data: Path, first: int = 0, skip: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The kept generations of ``data``'s inputs (its ``first`` lines, 0: all; after its first ``skip``) found in
+    ``cache``, and the accuracy by digit length."""
     every = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
-    inputs = every[: first or None]
+    inputs = every[skip : first or None]
     wanted, known = {(r["a"], r["b"]) for r in inputs}, {(r["a"], r["b"]) for r in every}
     rows, seen = [], set()
     for manifest in sorted(cache.glob("*/manifest.json")):
@@ -57,7 +61,8 @@ def collect(cache: Path, data: Path, first: int = 0) -> tuple[list[dict[str, Any
     for r in rows:
         by_length[r["digits"]]["kept"] += 1
         by_length[r["digits"]]["correct"] += r["correct"]
-    summary = {"cache": str(cache), "data": str(data), "first": first, "inputs_found": len(seen), "inputs": len(inputs),
+    summary = {"cache": str(cache), "data": str(data), "first": first, "skip": skip, "inputs_found": len(seen),
+               "inputs": len(inputs),
                "by_length": {str(d): {**c, "accuracy": round(c["correct"] / c["inputs"], 4)}
                              for d, c in sorted(by_length.items())}}
     return rows, summary
@@ -69,11 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, required=True, help="the run's training file (data.train_file)")
     parser.add_argument("--first", type=int, default=0,
                         help="the run's data.max_train: only the file's first N inputs were taught (0: all)")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the file's first N inputs (those a teacher.generations_file gave)")
     parser.add_argument("--jsonl", type=Path, required=True, help="where the scratch-pads go")
     parser.add_argument("--out", type=Path, required=True, help="where the summary by length goes (JSON)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    rows, summary = collect(args.cache, args.data, args.first)
+    rows, summary = collect(args.cache, args.data, args.first, args.skip)
     if not rows:
         raise SystemExit(f"--cache {args.cache}: no teacher entry for the inputs of {args.data}; run the distillation "
                          "with teacher.cache_dir set to it first")
