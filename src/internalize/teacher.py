@@ -111,9 +111,10 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     prompts, group = teacher_prompts(tokenizer, records, prompt)
-    if group > 1 and cfg.engine == "dynamic" and records:
-        log.info("%s: %d contexts averaged with teacher.engine=dynamic run every context again for every input; "
-                 "teacher.engine=static runs each context once (same answers)", desc, group)
+    contexts = len(prompt.split()) if prompt is not None else 1
+    if contexts > 1 and cfg.engine == "dynamic" and records:
+        log.info("%s: %d %s contexts with teacher.engine=dynamic run again for every input; teacher.engine=static "
+                 "runs each context once (same answers)", desc, contexts, "averaged" if group > 1 else "routed")
     given = given_generations(cfg.generations_file) if prompt is not None else {}  # they were written with the context
     where = cache_dir(cfg)
     parts, reused, answered, started = [], 0, 0, time.perf_counter()
