@@ -19,6 +19,10 @@ One process, side by side, SmolLM2-135M-Instruct on the CPU, four workloads:
     first ``--averaged-inputs`` training questions (32), 64 new tokens, top-k; the four contexts share only the
     instruction. The engine runs each context once; today's loop runs all four again for every input. Static
     against dynamic (``model.generate`` cannot average).
+(e) ``routed``: the same four contexts and questions, question i under context i mod 4 alone
+    (``teacher.combine=route``). The engine, told each prompt's context (``routes``), runs each context once;
+    without it (``static_unrouted``, the engine before it was told) and in today's loop every row runs its whole
+    context.
 
 Paths: ``static`` (``internalize.engine``: the prefix once, a preallocated cache, finished rows
 refilled), ``dynamic`` (today's loop over ``DynamicCache``, ``generate(..., engine="dynamic")``) and
@@ -28,7 +32,7 @@ matmul peak (useful FLOPs only: the prefix counted once, 2 x non-embedding param
 the output head per generated token, attention scores and values over each token's context).
 Also checks the engine against today's loop: same answers, max |log-prob difference|.
 
-    python benchmarks/generation.py                       # all four; benchmarks/results/generation.json
+    python benchmarks/generation.py                       # all five; benchmarks/results/generation.json
     python benchmarks/generation.py --only main --hf-inputs 16
 """
 
@@ -97,24 +101,27 @@ def hf_generate(model, tokenizer, prompts, max_new_tokens: int, batch_size: int,
 
 
 def measure(model, tokenizer, prompts, max_new_tokens: int, batch_size: int, device, path: str,
-            distributions: int | None, peak: float, group: int = 1) -> dict:
+            distributions: int | None, peak: float, group: int = 1, routes: list[int] | None = None,
+            flops: bool = True) -> dict:
     """One path on ``prompts``: seconds, tokens/s, FLOP/s and MFU; the answers and log-probs for the checks.
-    ``group`` > 1: ``group`` prompts per input, averaged (no FLOP/s: useful_flops counts one context)."""
+    ``group`` > 1: ``group`` prompts per input, averaged; ``routes``: each prompt's context (the engine's hint).
+    ``flops`` False: none counted (useful_flops counts one shared prefix, not several contexts)."""
     with teacher_mode(model):
         start = time.perf_counter()
         if path == "hf":
             ids, logp = hf_generate(model, tokenizer, prompts, max_new_tokens, batch_size, device), None
         else:
             gens = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device,
-                                           distributions=distributions, group=group, engine=path, progress=False)]
+                                           distributions=distributions, group=group, engine=path, progress=False,
+                                           routes=routes)]
             ids, logp = [g.ids for g in gens], [g.logp for g in gens]
         seconds = time.perf_counter() - start
     tokens = sum(map(len, ids))
     row = {"inputs": len(prompts) // group, "seconds": round(seconds, 2), "generated_tokens": tokens,
            "tokens_per_s": round(tokens / seconds, 1), "ids": ids, "logp": logp}
-    if group == 1:
-        flops = useful_flops(model, prompts, ids, len(Prefix.shared(prompts)))
-        row |= {"gflop_per_s": round(flops / seconds / 1e9, 2), "mfu": round(flops / seconds / peak, 4)}
+    if flops:
+        useful = useful_flops(model, prompts, ids, len(Prefix.shared(prompts)))
+        row |= {"gflop_per_s": round(useful / seconds / 1e9, 2), "mfu": round(useful / seconds / peak, 4)}
     return row
 
 
@@ -150,22 +157,33 @@ def workload(model, tokenizer, name: str, prompts, max_new_tokens: int, batch_si
     return row
 
 
-def averaged(model, tokenizer, base: PromptConfig, texts: list[str], contexts: int, target: int, max_new_tokens: int,
-             batch_size: int, device, distributions: int, peak: float) -> dict:
-    """(d): ``contexts`` contexts of about ``target`` tokens (``base`` with its demonstrations replaced by POOL's,
-    each context starting at another POOL entry), averaged on every question; static against dynamic."""
+def several(model, tokenizer, base: PromptConfig, texts: list[str], contexts: int, target: int, max_new_tokens: int,
+            batch_size: int, device, distributions: int, peak: float, combine: str) -> dict:
+    """(d), (e): ``contexts`` contexts of about ``target`` tokens (``base`` with its demonstrations replaced by
+    POOL's, each context starting at another POOL entry), averaged on every question (``combine`` "average") or
+    question i under context i mod ``contexts`` ("route"); static against dynamic (and, routed, the engine
+    not told the routes)."""
     shown = [context_of(tokenizer, base, target, g * len(POOL) // contexts) for g in range(contexts)]
-    prompts = [prompt_ids(tokenizer, q, c) for q in texts for c in shown]
-    own = engine.context_ids(prompts, contexts, len(Prefix.shared(prompts)))
-    runs = {path: measure(model, tokenizer, prompts, max_new_tokens, batch_size, device, path, distributions, peak,
-                          contexts) for path in ("static", "dynamic")}
-    row = {"workload": "averaged", "inputs": len(texts), "contexts": contexts,
+    if combine == "average":
+        group, routes = contexts, None
+        prompts = [prompt_ids(tokenizer, q, c) for q in texts for c in shown]
+    else:
+        group, routes = 1, [i % contexts for i in range(len(texts))]
+        prompts = [prompt_ids(tokenizer, q, shown[k]) for q, k in zip(texts, routes, strict=True)]
+    own = engine.context_ids(prompts, engine.context_kinds(len(prompts), group, routes), len(Prefix.shared(prompts)))
+    paths = {"static": ("static", routes), "dynamic": ("dynamic", None)}
+    if routes is not None:
+        paths["static_unrouted"] = ("static", None)
+    runs = {name: measure(model, tokenizer, prompts, max_new_tokens, batch_size, device, path, distributions, peak,
+                          group, told, flops=False) for name, (path, told) in paths.items()}
+    row = {"workload": "averaged" if routes is None else "routed", "inputs": len(texts), "contexts": contexts,
            "prompt_tokens": [len(prompts[g]) for g in range(contexts)], "prefix_tokens": len(Prefix.shared(prompts)),
            "context_own_tokens": [len(c) for c in own], "max_new_tokens": max_new_tokens, "batch_size": batch_size,
            "distributions": distributions,
-           **{path: {k: v for k, v in r.items() if k not in ("ids", "logp")} for path, r in runs.items()},
-           "static_over_dynamic": round(runs["static"]["tokens_per_s"] / runs["dynamic"]["tokens_per_s"], 2),
-           "static_vs_dynamic": agreement(runs["static"], runs["dynamic"])}
+           **{name: {k: v for k, v in r.items() if k not in ("ids", "logp")} for name, r in runs.items()},
+           **{f"{name}_over_dynamic": round(runs[name]["tokens_per_s"] / runs["dynamic"]["tokens_per_s"], 2)
+              for name in runs if name != "dynamic"},
+           **{f"{name}_vs_dynamic": agreement(runs[name], runs["dynamic"]) for name in runs if name != "dynamic"}}
     print(json.dumps(row), flush=True)
     return row
 
@@ -232,16 +250,16 @@ def context_rows(model, tokenizer, cfg, device, peak: float, lengths: list[int],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=["main", "addition", "context", "averaged"], nargs="+",
-                        default=["main", "addition", "context", "averaged"])
+    parser.add_argument("--only", choices=["main", "addition", "context", "averaged", "routed"], nargs="+",
+                        default=["main", "addition", "context", "averaged", "routed"])
     parser.add_argument("--hf-inputs", type=int, default=64, help="inputs Hugging Face generate runs on (a) and (b)")
     parser.add_argument("--larger", type=int, default=128, help="(a), (b): the engine alone at this many rows too")
     parser.add_argument("--per-length", type=int, default=32, help="(b) sums per digit count, 1 to 8 digits")
     parser.add_argument("--lengths", type=int, nargs="+", default=[256, 4096], help="(c) context targets in tokens")
     parser.add_argument("--repeats", type=int, default=3, help="(c) runs per timing, the median kept")
-    parser.add_argument("--averaged-inputs", type=int, default=32, help="(d) questions, each under every context")
-    parser.add_argument("--contexts", type=int, default=4, help="(d) contexts averaged")
-    parser.add_argument("--context-tokens", type=int, default=500, help="(d) tokens of each context's prompt")
+    parser.add_argument("--averaged-inputs", type=int, default=32, help="(d), (e) questions")
+    parser.add_argument("--contexts", type=int, default=4, help="(d), (e) contexts averaged or routed over")
+    parser.add_argument("--context-tokens", type=int, default=500, help="(d), (e) tokens of each context's prompt")
     parser.add_argument("--out", default="benchmarks/results/generation.json")
     args = parser.parse_args()
     cfg = load_config(ROOT / "examples/over.yaml")
@@ -268,11 +286,12 @@ def main() -> None:
                                       args.larger)
     if "context" in args.only:
         report["context"] = context_rows(model, tokenizer, cfg, device, peak, args.lengths, 16, 4, args.repeats)
-    if "averaged" in args.only:
-        texts = [r["input"] for r in read_jsonl(behaviour.train_file, behaviour.key("train_file"))]
-        report["averaged"] = averaged(model, tokenizer, behaviour.prompt, texts[: args.averaged_inputs], args.contexts,
-                                      args.context_tokens, cfg.teacher.max_new_tokens, cfg.teacher.batch_size, device,
-                                      cfg.teacher.top_k, peak)
+    for name, combine in (("averaged", "average"), ("routed", "route")):
+        if name in args.only:
+            texts = [r["input"] for r in read_jsonl(behaviour.train_file, behaviour.key("train_file"))]
+            report[name] = several(model, tokenizer, behaviour.prompt, texts[: args.averaged_inputs], args.contexts,
+                                   args.context_tokens, cfg.teacher.max_new_tokens, cfg.teacher.batch_size, device,
+                                   cfg.teacher.top_k, peak, combine)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 

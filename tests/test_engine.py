@@ -82,7 +82,7 @@ def test_each_averaged_context_runs_once(tiny, monkeypatch):
     contexts = [_prompts(tok, c) for c in ("Be brief.", "Answer in one long sentence, please, with care.")]
     grouped = [p for pair in zip(*contexts, strict=True) for p in pair]
     skip = len(Prefix.shared(grouped))
-    own = engine.context_ids(grouped, 2, skip)
+    own = engine.context_ids(grouped, engine.context_kinds(len(grouped), 2, None), skip)
     assert [len(c) for c in own] == [len(Prefix.shared(c)) - skip for c in contexts] and min(map(len, own)) > 10
     calls: list[tuple[int, int]] = []  # (rows, query length) of each forward
     real = engine._forward
@@ -93,6 +93,30 @@ def test_each_averaged_context_runs_once(tiny, monkeypatch):
     assert calls[:2] == [(1, len(own[0])), (1, len(own[1]))]  # each context once, first
     inputs = max(len(p) for p in grouped) - skip - min(map(len, own))
     assert all(t <= inputs for _, t in calls[2:])  # the rows run their input only
+
+
+def test_each_routed_context_runs_once_and_answers_as_the_dynamic_loop(tiny, monkeypatch):
+    """A routed teacher (input i under context i mod n): each context's own tokens run once, the rows only their
+    input, with the dynamic loop's answers; the routes must name one context per prompt."""
+    student, tok = _student(tiny)
+    contexts = [_prompts(tok, c) for c in ("Be brief.", "Answer in one long sentence, please, with care.")]
+    kinds = [i % 2 for i in range(len(contexts[0]))]
+    routed = [contexts[k][i] for i, k in enumerate(kinds)]
+    skip = len(Prefix.shared(routed))
+    own = engine.context_ids(routed, kinds, skip)
+    assert min(map(len, own)) > 10
+    calls: list[tuple[int, int]] = []
+    real = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda m, b, tokens, *a, **k: calls.append(tuple(tokens.shape))
+                        or real(m, b, tokens, *a, **k))
+    with inference_mode(student):
+        runs = [generate(student, tok, routed, max_new_tokens=8, batch_size=3, device=CPU, distributions=4,
+                         engine=e, routes=kinds) for e in ("static", "dynamic")]
+        assert calls[:2] == [(1, len(own[0])), (1, len(own[1]))]
+        assert all(t <= max(len(p) for p in routed) - skip - min(map(len, own)) for _, t in calls[2:])
+        _same(*runs)
+        with pytest.raises(ValueError, match="one context index"):
+            generate(student, tok, routed, max_new_tokens=2, batch_size=3, device=CPU, engine="static", routes=[0])
 
 
 def test_sampling_is_seeded_and_scores_the_sampled_tokens(tiny):
@@ -111,22 +135,27 @@ def test_sampling_is_seeded_and_scores_the_sampled_tokens(tiny):
     assert len({g.ids for s in runs[0] for g in s}) > len(prompts)  # samples differ
 
 
-@pytest.mark.parametrize("group", [1, 2])
+@pytest.mark.parametrize("contexts", ["one", "averaged", "routed"])
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
-def test_static_equals_dynamic_on_each_family(family, group):
+def test_static_equals_dynamic_on_each_family(family, contexts):
     """Every family, the 16-token sliding windows included (the engine masks by position: the prefix stays shared);
-    ``group`` 2: each input under two contexts, averaged (each context's keys and values copied into its rows)."""
+    two contexts, averaged (each input under both) or routed (input i under context i mod 2): each context's keys
+    and values are copied into its rows."""
     model = build(family)
     prompts = [prompt_ids(TOK, x, PROMPT) for x in TINY_INPUTS[:6]]
     assert len(Prefix.shared(prompts)) > 150
-    if group == 2:  # the second context: the first with a longer context text
+    group, routes = 1, None
+    if contexts != "one":  # the second context: the first with a longer context text
         other = dataclasses.replace(PROMPT, context="Think it over. " + PROMPT.context)
-        prompts = [p for pair in zip(prompts, [prompt_ids(TOK, x, other) for x in TINY_INPUTS[:6]], strict=True)
-                   for p in pair]
-        assert min(map(len, engine.context_ids(prompts, 2, len(Prefix.shared(prompts))))) > 150
+        pairs = list(zip(prompts, [prompt_ids(TOK, x, other) for x in TINY_INPUTS[:6]], strict=True))
+        group, routes = (2, None) if contexts == "averaged" else (1, [i % 2 for i in range(len(pairs))])
+        prompts = ([p for pair in pairs for p in pair] if group == 2
+                   else [pair[k] for pair, k in zip(pairs, routes, strict=True)])
+        kinds = engine.context_kinds(len(prompts), group, routes)
+        assert min(map(len, engine.context_ids(prompts, kinds, len(Prefix.shared(prompts))))) > 150
     with inference_mode(model):
         runs = [generate(model, TOK, prompts, max_new_tokens=8, batch_size=4, device="cpu", distributions=8,
-                         group=group, engine=e) for e in ("static", "dynamic")]
+                         group=group, engine=e, routes=routes) for e in ("static", "dynamic")]
     _same(*runs)
 
 

@@ -462,6 +462,25 @@ def test_routed_teacher_gives_input_i_the_context_i_mod_n(tiny):
         assert view.prompt_ids == prompt_ids(tok, record["input"], contexts[i % 2])
 
 
+def test_routed_teacher_on_the_engine_tells_it_each_inputs_context_and_answers_as_the_dynamic_loop(tiny,
+                                                                                                   monkeypatch):
+    """In parts of 3 inputs, input i (not its place in the part) goes to context i mod 2, and the engine is told so
+    (it then runs each context once); the targets equal the dynamic loop's."""
+    model, tok = tiny
+    prompt = PromptConfig(context="Answer.", demonstrations=DEMOS[:4], demonstrations_per_context=2, combine="route")
+    records = [{"input": x} for x in TINY_INPUTS[:7]]
+    told: list[list[int] | None] = []
+    real = engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **k: told.append(a[-1]) or real(*a, **k))
+    runs = [teacher.answer(model, tok, records, prompt, TeacherConfig(max_new_tokens=8, top_k=4, batch_size=2,
+                                                                      shard_inputs=3, cache_dir="", engine=e), RUNTIME)
+            for e in ("static", "dynamic")]
+    assert told == [[0, 1, 0], [1, 0, 1], [0]]  # inputs 0-2, 3-5, 6
+    assert runs[0].answers == runs[1].answers and runs[0].teacher_views == runs[1].teacher_views
+    for a, b in zip(runs[0].logp, runs[1].logp, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-5)
+
+
 def test_the_teacher_in_parts_equals_the_teacher_in_one_go_and_caches_each_part(tiny, tmp_path, monkeypatch, caplog):
     model, tok = tiny
     records = [{"input": x} for x in TINY_INPUTS[:8]]

@@ -301,8 +301,8 @@ class TeacherConfig(_Section):
     engine: str = _help("How the teacher generates: dynamic (Hugging Face's DynamicCache, rows leave the batch as they "
                         "finish) or static (internalize.engine: the shared context's keys and values once, a "
                         "preallocated cache, finished rows refilled; from 274 to 4,117 context tokens its cost per "
-                        "input grew 2.7x, today's loop's 19x; an averaged teacher's contexts each run once, not once per "
-                        "input; same answers).", default="dynamic")
+                        "input grew 2.7x, today's loop's 19x; an averaged or routed teacher's contexts each run once, not "
+                        "once per input; same answers).", default="dynamic")
     shard_inputs: int = _help("Inputs taught and cached as one part: a run killed in the teacher stage continues "
                               "after its last complete part.", default=256)
     weights: str = _help("On-policy (train.mode on_policy or mixed): which weights score the student's samples, "

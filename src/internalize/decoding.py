@@ -285,7 +285,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
              group: int = 1, desc: str = "generate", share_prefix: bool = True, progress: bool = True,
-             engine: str = "dynamic") -> list[list[Generation]]:
+             engine: str = "dynamic", routes: Sequence[int] | None = None) -> list[list[Generation]]:
     """Generate ``num_samples`` continuations per prompt (ids) with the model on ``device``. Call under
     ``teacher_mode`` or ``inference_mode``.
 
@@ -299,6 +299,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     ``group`` > 1: each run of ``group`` consecutive prompts is one input under several contexts; the
     next-token distribution is the mean of theirs (``mean_over_contexts``), all of them continue with
     the token chosen from it, and there is one result per run (``batch_size`` counts runs).
+    ``routes`` (``group`` 1): the context each prompt shows (a routed teacher's: input i, context i mod n), so the
+    engine runs each context once; the answers do not depend on it, and the dynamic loop ignores it.
     With a sliding window shorter than prompt plus ``max_new_tokens``, the prefix is shared only when every batch
     holds one prompt (padding after a cached prefix would fall inside the window).
     """
@@ -308,7 +310,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
 
     if engine == "static" and static.supported(model):
         return static.generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, do_sample, temperature,
-                               top_p, num_samples, distributions, group, desc, share_prefix, progress)
+                               top_p, num_samples, distributions, group, desc, share_prefix, progress, routes)
     stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id
     stop = torch.tensor(stops, device=device)
     if share_prefix and prompts and (batch_size > 1 or group > 1):

@@ -10,10 +10,11 @@ prefix and to its own row, masked by position, so sliding windows are exact with
 row that finishes is refilled from the waiting prompts at the next step (continuous batching), and
 tokens and kept distributions stay on the model's device until their row finishes.
 
-An averaged teacher (``group`` > 1) shows each input under several contexts that share only the chat header.
-Each context's own tokens (after the common prefix) run once: their keys and values are copied into a row's
-first slots when it is filled, and only the input's tokens run. Before, every input ran every context again
-(an averaged SQL teacher of 4 contexts on 80 inputs: 489 s on the dynamic loop, 52.5 s here; EXPERIMENTS.md 6.5).
+An averaged teacher (``group`` > 1) shows each input under several contexts that share only the chat header;
+a routed one (``routes``: the context each prompt shows) one context per input. Each context's own tokens (after
+the common prefix) run once: their keys and values are copied into a row's first slots when it is filled, and
+only the input's tokens run. Before, every input ran its contexts again (an averaged SQL teacher of 4 contexts
+on 80 inputs: 489 s on the dynamic loop, 52.5 s here; EXPERIMENTS.md 6.5).
 
     with inference_mode():
         outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, device="cpu", distributions=128)
@@ -246,11 +247,24 @@ def prefill(model: PreTrainedModel, ids: Sequence[int], device: torch.device | s
     return {i: (layer.keys, layer.values) for i, layer in enumerate(out.cache.layers)}
 
 
-def context_ids(prompts: Sequence[Sequence[int]], group: int, skip: int) -> list[tuple[int, ...]]:
-    """Each context's own tokens, for ``group`` prompts per input (one per context, in order): the common prefix of
-    the prompts showing context ``g`` (every ``group``-th from the ``g``-th) after the ``skip`` tokens all prompts
-    share, leaving at least one token of each prompt."""
-    return [Prefix.shared([p[skip:] for p in prompts[g::group]]).ids for g in range(group)]
+def context_ids(prompts: Sequence[Sequence[int]], kinds: Sequence[int], skip: int) -> list[tuple[int, ...]]:
+    """Each context's own tokens, ``kinds[i]`` being the context prompt ``i`` shows (0, 1, ...): the common prefix
+    of the prompts showing context ``c`` after the ``skip`` tokens all prompts share, leaving at least one token of
+    each prompt."""
+    return [Prefix.shared([p[skip:] for p, k in zip(prompts, kinds, strict=True) if k == c]).ids
+            for c in range(max(kinds, default=-1) + 1)]
+
+
+def context_kinds(prompts: int, group: int, routes: Sequence[int] | None) -> list[int]:
+    """The context each of ``prompts`` prompts shows: the ``g``-th of each ``group`` (averaged contexts), else
+    ``routes`` (a routed teacher's), else one context for all."""
+    if group > 1:
+        return [g for _ in range(prompts // group) for g in range(group)]
+    if routes is not None:
+        if len(routes) != prompts or min(routes, default=0) < 0:
+            raise ValueError(f"routes: one context index (>= 0) per prompt, {prompts} in all; got {len(routes)}")
+        return list(routes)
+    return [0] * prompts
 
 
 def prefill_context(model: PreTrainedModel, ids: Sequence[int], prefix: dict[int, tuple[torch.Tensor, torch.Tensor]]
@@ -307,11 +321,11 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
              group: int = 1, desc: str = "generate", share_prefix: bool = True, progress: bool = True,
-             ) -> list[list[Generation]]:
+             routes: Sequence[int] | None = None) -> list[list[Generation]]:
     """``decoding.generate``'s contract (see there), run by this engine: ``batch_size`` inputs (times
     ``num_samples``, each with ``group`` context rows) decode at once, and a finished one's rows take the next
     waiting input at the next step. Inputs are taken shortest prompt first (measured a little faster on the main
-    job than longest first)."""
+    job than longest first). Each context (``context_kinds``) runs once after the shared prefix."""
     stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id or 0
     stop = torch.tensor(stops, device=device)
     inputs = len(prompts) // group
@@ -320,7 +334,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
         return results
     prefix_ids = Prefix.shared(prompts, share_prefix).ids
     skip = len(prefix_ids)
-    contexts = context_ids(prompts, group, skip) if share_prefix and group > 1 else [()] * group
+    kinds = context_kinds(len(prompts), group, routes)
+    contexts = context_ids(prompts, kinds, skip) if share_prefix else [()] * (max(kinds) + 1)
     order = sorted(range(inputs), key=lambda i: max(map(len, prompts[i * group : (i + 1) * group])))
     waiting = deque(i for i in order for _ in range(num_samples))
     width = min(batch_size * num_samples, len(waiting))  # units (input, sample) decoding at once
@@ -341,15 +356,16 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 for u in new:
                     holder[u], count[u] = waiting.popleft(), 0
                 rows = [u * group + g for u in new for g in range(group)]
-                for g, kv in enumerate(context_kv):
-                    if kv:
-                        buffer.copy_in(torch.tensor([u * group + g for u in new], device=device), kv)
-                own = [prompts[holder[u] * group + g][skip + len(contexts[g]) :] for u in new for g in range(group)]
+                shown = [holder[u] * group + g for u in new for g in range(group)]  # the prompt of each row
+                for c, kv in enumerate(context_kv):
+                    if kv and (mine := [row for row, i in zip(rows, shown, strict=True) if kinds[i] == c]):
+                        buffer.copy_in(torch.tensor(mine, device=device), kv)
+                own = [prompts[i][skip + len(contexts[kinds[i]]) :] for i in shown]
                 columns = max(map(len, own))
                 tokens = torch.full((len(rows), columns), pad, dtype=torch.long)
                 slots = torch.full((len(rows), columns), buffer.scratch, dtype=torch.long)
-                for r, (row, ids) in enumerate(zip(rows, own, strict=True)):
-                    first = len(contexts[row % group])  # the slot after the row's context
+                for r, (row, i, ids) in enumerate(zip(rows, shown, own, strict=True)):
+                    first = len(contexts[kinds[i]])  # the slot after the row's context
                     tokens[r, columns - len(ids) :] = torch.tensor(ids)
                     slots[r, columns - len(ids) :] = torch.arange(first, first + len(ids))
                     filled[row] = first + len(ids)

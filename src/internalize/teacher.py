@@ -91,7 +91,15 @@ def teacher_prompts(tokenizer: PreTrainedTokenizerBase, records: list[Record], p
     group = len(contexts) if prompt is not None and prompt.combine == "average" else 1
     if group > 1:
         return [prompt_ids(tokenizer, r["input"], c) for r in records for c in contexts], group
-    return [prompt_ids(tokenizer, r["input"], contexts[i % len(contexts)]) for i, r in enumerate(records)], 1
+    return [prompt_ids(tokenizer, r["input"], contexts[k]) for r, k in zip(records, routes(len(records), prompt),
+                                                                            strict=True)], 1
+
+
+def routes(inputs: int, prompt: PromptConfig | None) -> list[int]:
+    """The context each of ``inputs`` inputs is taught under by a teacher of one context per input: input i,
+    context i mod n of the n contexts ``prompt`` routes over (0 for all when it has one, or is averaged)."""
+    n = len(prompt.split()) if prompt is not None and prompt.combine == "route" else 1
+    return [i % n for i in range(inputs)]
 
 
 def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
@@ -103,9 +111,10 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
     frozen model with no context (the reference of the forgetting check)."""
     top_k = cfg.top_k if cfg.top_k < model.config.vocab_size else 0  # k covering the vocabulary = full form
     prompts, group = teacher_prompts(tokenizer, records, prompt)
-    if group > 1 and cfg.engine == "dynamic" and records:
-        log.info("%s: %d contexts averaged with teacher.engine=dynamic run every context again for every input; "
-                 "teacher.engine=static runs each context once (same answers)", desc, group)
+    contexts = len(prompt.split()) if prompt is not None else 1
+    if contexts > 1 and cfg.engine == "dynamic" and records:
+        log.info("%s: %d %s contexts with teacher.engine=dynamic run again for every input; teacher.engine=static "
+                 "runs each context once (same answers)", desc, contexts, "averaged" if group > 1 else "routed")
     given = given_generations(cfg.generations_file) if prompt is not None else {}  # they were written with the context
     where = cache_dir(cfg)
     parts, reused, answered, started = [], 0, 0, time.perf_counter()
@@ -122,7 +131,7 @@ def answer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: 
         if part is None:
             label = f"{desc} {start + 1}-{end}" if end - start < len(records) else desc
             part = _answer_shared(model, tokenizer, records, prompts, start, end, group, top_k, cfg, runtime, label,
-                                  given)
+                                  given, routes(len(records), prompt) if group == 1 else None)
             if where is not None and runtime.is_main:  # one writer: the part gathered from every process
                 cache.save(where, key, part)
             answered += end - start
@@ -158,14 +167,14 @@ def given_generations(path: str) -> dict[str, list[str]]:
 
 def _answer_shared(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
                    prompts: list[tuple[int, ...]], start: int, end: int, group: int, top_k: int, cfg: TeacherConfig,
-                   runtime: Runtime, desc: str, given: dict[str, list[str]]) -> Targets:
+                   runtime: Runtime, desc: str, given: dict[str, list[str]], kinds: list[int] | None) -> Targets:
     """The targets of ``records[start:end]``, each process answering its contiguous share (seeded by where the
-    share starts), joined in input order on every process."""
+    share starts), joined in input order on every process. ``kinds``: the context each input shows (``routes``)."""
     mine = runtime.split(range(start, end))
     if mine:
         lo, hi = mine[0], mine[-1] + 1
         part = _answer_part(model, tokenizer, records[lo:hi], prompts[lo * group : hi * group], group, top_k, cfg,
-                            runtime, cfg.seed + lo, desc, given)
+                            runtime, cfg.seed + lo, desc, given, kinds[lo:hi] if kinds is not None else None)
         part.source = [i + lo - start for i in part.source]
     else:  # more processes than inputs
         part = Targets(ids=[] if top_k else None)
@@ -174,7 +183,7 @@ def _answer_shared(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, r
 
 def _answer_part(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record],
                  prompts: list[tuple[int, ...]], group: int, top_k: int, cfg: TeacherConfig, runtime: Runtime,
-                 seed: int, desc: str, given: dict[str, list[str]]) -> Targets:
+                 seed: int, desc: str, given: dict[str, list[str]], kinds: list[int] | None = None) -> Targets:
     """The teacher's targets for ``records`` (``group`` prompts each): generate (or take the ``given`` generations
     of an input), extract, keep or score again."""
     targets = Targets(ids=[] if top_k else None)
@@ -187,7 +196,8 @@ def _answer_part(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rec
         made = iter(generate(model, tokenizer, [p for i in todo for p in prompts[i * group : (i + 1) * group]],
                              cfg.max_new_tokens, cfg.batch_size, runtime.device, cfg.do_sample, cfg.temperature,
                              cfg.top_p, cfg.num_samples, distributions=top_k, group=group, desc=f"{desc}: generate",
-                             engine=cfg.engine) if todo else [])
+                             engine=cfg.engine, routes=[kinds[i] for i in todo] if kinds is not None else None)
+                    if todo else [])
         # a given generation has no recorded distributions: its answer is scored below, after its scratch-pad
         samples = [next(made) if r["input"] not in given else
                    [Generation(text, True, tuple(tokenizer(text, add_special_tokens=False).input_ids))
