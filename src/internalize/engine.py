@@ -14,7 +14,8 @@ An averaged teacher (``group`` > 1) shows each input under several contexts that
 a routed one (``routes``: the context each prompt shows) one context per input. Each context's own tokens (after
 the common prefix) run once: their keys and values are copied into a row's first slots when it is filled, and
 only the input's tokens run. Before, every input ran its contexts again (an averaged SQL teacher of 4 contexts
-on 80 inputs: 489 s on the dynamic loop, 52.5 s here; EXPERIMENTS.md 6.5).
+on 80 inputs: 489 s on the dynamic loop, 52.5 s here, EXPERIMENTS.md 6.5; a routed one of 4 contexts on 32
+inputs: 4.25x the loop's tokens/s, BENCHMARKS.md).
 
     with inference_mode():
         outs = generate(model, tokenizer, prompts, max_new_tokens=64, batch_size=32, device="cpu", distributions=128)
