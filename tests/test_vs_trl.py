@@ -35,7 +35,7 @@ def test_the_fastest_qualifying_run_wins() -> None:
     assert chosen["name"] == "c"
     assert chosen["train_s"] == 30.0 and chosen["dev_score"] == 28 / 30
     assert chosen["overrides"] == runs[2]["setting"]["recipe"]  # the recipe alone, not the seed and fixed overrides
-    assert "smallest train_s" in chosen["rule"]
+    assert "smallest median train_s" in chosen["rule"]
 
 
 def test_a_faster_run_below_the_target_loses() -> None:
@@ -63,6 +63,39 @@ def test_only_internalize_runs_scored_on_dev_are_chosen_from() -> None:
     runs = [dev_run("held_out", 30, 1.0, questions="held_out"), dev_run("trl", 30, 2.0, side="trl"),
             dev_run("dev", 30, 50.0)]
     assert vs_trl.choose_recipe(runs, teacher_dev_score=1.0)["name"] == "dev"
+
+
+def seeded(name: str, scores_and_times: list[tuple[int, float]]) -> list[dict[str, Any]]:
+    """One recipe's dev runs at seeds 10, 11, ... as choose3 names them, each (hits/30, train_s)."""
+    return [dev_run(name, hits, train_s) | {"name": f"{name}_s{10 + i}", "seed": 10 + i}
+            for i, (hits, train_s) in enumerate(scores_and_times)]
+
+
+def test_over_seeds_a_recipe_must_reach_the_target_at_every_seed() -> None:
+    runs = [*seeded("edge", [(27, 10.0), (26, 10.5), (28, 9.5)]),  # one seed under the bar: out
+            *seeded("steady", [(29, 20.0), (30, 22.0), (28, 21.0)])]
+    chosen = vs_trl.choose_recipe(runs, teacher_dev_score=1.0)
+    assert chosen["name"] == "steady"
+    assert chosen["seeds"] == [10, 11, 12] and chosen["dev_scores"] == [29 / 30, 1.0, 28 / 30]
+    assert chosen["dev_score"] == 28 / 30 and chosen["train_s"] == 21.0  # the lowest score, the median time
+    assert "every seed" in chosen["rule"]
+
+
+def test_over_seeds_the_median_time_decides_then_the_lowest_score() -> None:
+    runs = [*seeded("spiky", [(30, 5.0), (30, 40.0), (30, 41.0)]),  # median 40
+            *seeded("even", [(28, 30.0), (28, 31.0), (28, 29.0)])]  # median 30
+    assert vs_trl.choose_recipe(runs, teacher_dev_score=1.0)["name"] == "even"
+    runs = [*seeded("low", [(27, 30.0), (30, 30.0)]), *seeded("high", [(28, 30.0), (29, 30.0)])]
+    assert vs_trl.choose_recipe(runs, teacher_dev_score=1.0)["name"] == "high"
+
+
+def test_the_choose3_settings() -> None:
+    assert {s["seed"] for s in vs_trl.CHOOSE3} == set(vs_trl.CHOOSE3_SEEDS) == {10, 11, 12}
+    assert not set(vs_trl.CHOOSE3_SEEDS) & {s["seed"] for s in vs_trl.FINAL3}  # other seeds than the held-out runs
+    recipes = vs_trl.by_setting(vs_trl.CHOOSE3)
+    assert len(recipes) == 8 and all(len(group) == 3 for group in recipes.values())  # 4 budgets x 2 rates, 3 seeds
+    assert all(s["questions"] == "dev" for s in vs_trl.CHOOSE3)
+    assert {name.rsplit("_", 1)[-1] for name in recipes} == {"lr2e-3", "lr3e-3"}
 
 
 def test_final3_reads_the_chosen_recipe_or_fails_with_one_line(tmp_path: Path) -> None:

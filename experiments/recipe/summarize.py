@@ -23,10 +23,15 @@ three sizes of min(dev gain, dev kept), each capped at 100% (ties: the fewer ste
 before the dev figures existed. Writes ``results/summary.md`` and ``results/summary.png``.
 
     python experiments/recipe/summarize.py
+    python experiments/recipe/summarize.py --results experiments/demo/results --sizes 130   # the demo's arms
+
+``--results`` and ``--sizes`` apply the same table and rule to another folder of ``over_{SIZE}_{ARM}`` records
+(experiments/demo: the main job's own 130 inputs, EXPERIMENTS.md section 12).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import statistics
@@ -47,10 +52,10 @@ SHARED = {("B", 3000): "A", ("D", 3000): "C", ("E", 300): "A", ("E", 3000): "A",
           ("F", 3000): "A"}  # the same run: the floor is below what the epochs give
 
 
-def records() -> dict[tuple[str, int], list[dict]]:
+def records(results: Path = RESULTS) -> dict[tuple[str, int], list[dict]]:
     """The runs by (arm, size), each with its name; shared runs are listed under both arms."""
     out: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for path in sorted(RESULTS.glob("over_*.json")):
+    for path in sorted(results.glob("over_*.json")):
         m = re.fullmatch(r"over_(\d+)_([A-Z])(?:_seed\d+)?", path.stem)
         if m:
             out[(m[2], int(m[1]))].append(json.loads(path.read_text()) | {"name": path.stem})
@@ -87,28 +92,36 @@ def dev_row(runs: list[dict], dev: dict) -> dict[str, list[float]]:
     return out
 
 
-def choose(table: dict[tuple[str, int], list[dict]], dev: dict) -> tuple[str | None, dict[str, float]]:
+def choose(table: dict[tuple[str, int], list[dict]], dev: dict, sizes: tuple[int, ...] = SIZES,
+           ) -> tuple[str | None, dict[str, float]]:
     """The arm with the largest worst case over the sizes of min(dev gain, dev kept); its worst cases by arm."""
     worst = {}
     for arm in ARMS:
-        cells = [dev_row(table.get((arm, size), []), dev) for size in SIZES]
+        cells = [dev_row(table.get((arm, size), []), dev) for size in sizes]
         if all(c["gain"] for c in cells):
             worst[arm] = min(min(statistics.fmean(c["gain"]), statistics.fmean(c["kept"])) for c in cells)
     if not worst:
         return None, worst
-    steps = {arm: sum(statistics.fmean(test_row(table[(arm, s)])["steps"]) for s in SIZES) for arm in worst}
+    steps = {arm: sum(statistics.fmean(test_row(table[(arm, s)])["steps"]) for s in sizes) for arm in worst}
     return max(worst, key=lambda a: (worst[a], -steps[a])), worst
 
 
 def main() -> None:
-    table = records()
-    dev = json.loads((RESULTS / "dev.json").read_text()) if (RESULTS / "dev.json").exists() else {}
-    lines = ["# Issue 17: one recipe from 30 to 3,000 inputs (main job)", "",
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the folder of over_{SIZE}_{ARM} records")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="the training sizes in the table")
+    args = parser.parse_args()
+    results, sizes = args.results, tuple(args.sizes)
+    table = records(results)
+    dev = json.loads((results / "dev.json").read_text()) if (results / "dev.json").exists() else {}
+    title = ("Issue 17: one recipe from 30 to 3,000 inputs (main job)" if sizes == SIZES
+             else f"The main job's arms at {', '.join(map(str, sizes))} inputs")
+    lines = [f"# {title}", "",
              "Test: 30 held-out questions and 120 retention questions; dev: 30 dev questions and 60 dev retention "
              "questions (choice only). Mean (range) over the seeds each cell has.", "",
              "| inputs | arm | seeds | steps (best) | test score | gain | retention kept | KL neutral | wall s "
              "| dev gain | dev kept |", "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for size in SIZES:
+    for size in sizes:
         for arm in ARMS:
             runs = table.get((arm, size), [])
             if not runs:
@@ -120,17 +133,18 @@ def main() -> None:
                          f"{_mean(t['score'], True)} | {_mean(t['gain'], True)} | {_mean(t['kept'], True)} | "
                          f"{_mean(t['kl_neutral'])} | {statistics.fmean(t['wall_s']):.0f} | {_mean(d['gain'], True)} | "
                          f"{_mean(d['kept'], True)} |")
-    arm, worst = choose(table, dev)
-    lines += ["", "Arms: " + "; ".join(f"**{a}** {text}" for a, text in ARMS.items()) + ".", ""]
+    arm, worst = choose(table, dev, sizes)
+    shown = {a for (a, size), runs in table.items() if size in sizes and runs}
+    lines += ["", "Arms: " + "; ".join(f"**{a}** {text}" for a, text in ARMS.items() if a in shown) + ".", ""]
     if arm:
         lines.append("Worst case over the sizes of min(dev gain, dev kept): "
                      + ", ".join(f"{a} {w:.0%}" for a, w in worst.items()) + f". **Dev choice: {arm}.**")
-    (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
-    plot(table)
+    (results / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(table, results, sizes)
     print("\n".join(lines))
 
 
-def plot(table: dict[tuple[str, int], list[dict]]) -> None:
+def plot(table: dict[tuple[str, int], list[dict]], results: Path = RESULTS, sizes: tuple[int, ...] = SIZES) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,21 +152,21 @@ def plot(table: dict[tuple[str, int], list[dict]]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for arm in ARMS:
-        sizes = [s for s in SIZES if table.get((arm, s))]
-        if not sizes:
+        have = [s for s in sizes if table.get((arm, s))]
+        if not have:
             continue
-        rows = [test_row(table[(arm, s)]) for s in sizes]
+        rows = [test_row(table[(arm, s)]) for s in have]
         for ax, key in zip(axes, ("gain", "kept"), strict=True):
-            ax.plot(sizes, [statistics.fmean(r[key]) for r in rows], marker="o", label=f"{arm}: {ARMS[arm]}")
+            ax.plot(have, [statistics.fmean(r[key]) for r in rows], marker="o", label=f"{arm}: {ARMS[arm]}")
     for ax, title in zip(axes, ("share of the teacher's gain (test)", "retention score kept (test)"), strict=True):
         ax.set_xscale("log")
-        ax.set_xticks(SIZES, [str(s) for s in SIZES])
+        ax.set_xticks(sizes, [str(s) for s in sizes])
         ax.axhline(0.95, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel("training inputs")
         ax.set_title(title)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(RESULTS / "summary.png", dpi=120)
+    fig.savefig(results / "summary.png", dpi=120)
 
 
 if __name__ == "__main__":
