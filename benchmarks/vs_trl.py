@@ -184,11 +184,15 @@ FINAL = [
 
 # Choosing internalize's fast recipe on the dev questions (seed 0): one pass of batch 8 over 8 x updates inputs,
 # for each number of updates and learning rate, and the main job's recipe; ``choose_recipe`` picks among them.
+def dev_recipe(steps: int, lr: str) -> dict[str, Any]:
+    """One pass of batch 8 over ``8 x steps`` inputs at ``lr``, scored on the dev questions."""
+    return {"name": f"internalize_u{steps}_lr{lr}", "side": "internalize", "questions": "dev",
+            "overrides": [f"data.max_train={8 * steps}", f"train.lr={lr}", f"train.max_steps={steps}"]}
+
+
 CHOOSE = [
     {"name": "internalize_main_job", "side": "internalize", "overrides": [], "questions": "dev"},
-    *({"name": f"internalize_u{steps}_lr{lr}", "side": "internalize", "questions": "dev",
-       "overrides": [f"data.max_train={8 * steps}", f"train.lr={lr}", f"train.max_steps={steps}"]}
-      for steps in (4, 6, 8, 12, 16) for lr in ("1e-3", "2e-3", "3e-3")),
+    *(dev_recipe(steps, lr) for steps in (4, 6, 8, 12, 16) for lr in ("1e-3", "2e-3", "3e-3")),
 ]
 
 # CHOOSE3: the choice again on dev, now over seeds 10, 11 and 12 (not the held-out runs' 0-2): a recipe must reach the
@@ -199,9 +203,7 @@ CHOOSE3_SEEDS = (10, 11, 12)
 CHOOSE3 = [
     {**setting, "name": f"{setting['name']}_s{seed}", "seed": seed}
     for seed in CHOOSE3_SEEDS
-    for setting in CHOOSE
-    if any(f"train.lr={lr}" in setting["overrides"] for lr in ("2e-3", "3e-3"))
-    and "train.max_steps=16" not in setting["overrides"]
+    for setting in (dev_recipe(steps, lr) for steps in (4, 6, 8, 12) for lr in ("2e-3", "3e-3"))
 ]
 
 # FINAL over seeds 0, 1 and 2 with the fast recipe chosen on dev (its overrides come from --chosen, in place of

@@ -14,9 +14,9 @@ Dropped generations (no answer, or unfinished) are not in the file: a later run 
         --data experiments/addition/data8/distill.jsonl --first 2000 \\
         --jsonl experiments/addition/data8/teacher_scratchpads.jsonl \\
         --out experiments/addition/results/addition_student8_2000_scratchpads.json
-    python -m experiments.addition.scratchpads --cache ~/.cache/internalize/teacher \
-        --data experiments/addition/data8/distill.jsonl --skip 2000 \
-        --jsonl experiments/addition/data8/teacher_scratchpads_2001_4000.jsonl \
+    python -m experiments.addition.scratchpads --cache ~/.cache/internalize/teacher \\
+        --data experiments/addition/data8/distill.jsonl --skip 2000 \\
+        --jsonl experiments/addition/data8/teacher_scratchpads_2001_4000.jsonl \\
         --out experiments/addition/results/addition_student8_scratchpads.json
 """
 
