@@ -1,5 +1,6 @@
 """experiments/addition/task.py: problems, scratch-pads, scorers, the teacher's view of a fine-tuning input, the data
-writer (the measured 1-5 digit files and the 1-8 digit rerun's), and evaluate.py's unseen test sets."""
+writer (the measured 1-5 digit files and the 1-8 digit rerun's), evaluate.py's unseen test sets and word_check.py's split
+of the misses."""
 
 from __future__ import annotations
 
@@ -189,3 +190,15 @@ def test_scratchpads_reads_this_runs_cache_entries_and_scores_them_by_length(tmp
     assert summary["by_length"] == {"1": {"inputs": 1, "kept": 0, "correct": 0, "accuracy": 0.0},
                                     "2": {"inputs": 1, "kept": 1, "correct": 1, "accuracy": 1.0},
                                     "3": {"inputs": 1, "kept": 1, "correct": 0, "accuracy": 0.0}}
+
+
+def test_word_check_splits_misses_into_right_sum_with_text_wrong_and_none():
+    from experiments.addition.word_check import kind
+
+    rec = {"a": 600, "b": 531}
+    assert kind(rec, "1,131") == "exact"
+    assert kind(rec, "1131 apples") == "number_with_text"
+    assert kind(rec, "about 1131 apples, I think") == "number_with_text"
+    assert kind(rec, "1130 apples") == "wrong"
+    assert kind(rec, "11310") == "wrong"
+    assert kind(rec, "many apples") == "none"
