@@ -69,12 +69,18 @@ def test_sets(per_length: int, scratch_per_length: int, words: int, seed: int, d
     return sets
 
 
-def score(model, tokenizer, records: list[dict[str, Any]], scorer, max_new_tokens: int,
-          batch_size: int, device: torch.device, engine: str = "dynamic") -> dict[str, float]:
+def answers(model, tokenizer, records: list[dict[str, Any]], max_new_tokens: int, batch_size: int,
+            device: torch.device, engine: str = "dynamic") -> list:
+    """Each record's greedy answer to its ``input`` with no context (a ``Generation``: ``.text``, ``.ids``)."""
     prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
     with torch.inference_mode():
-        outs = [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, desc="eval",
+        return [g[0] for g in generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, desc="eval",
                                        engine=engine)]
+
+
+def score(model, tokenizer, records: list[dict[str, Any]], scorer, max_new_tokens: int,
+          batch_size: int, device: torch.device, engine: str = "dynamic") -> dict[str, float]:
+    outs = answers(model, tokenizer, records, max_new_tokens, batch_size, device, engine)
     return {"accuracy": sum(scorer(r, g.text) for r, g in zip(records, outs, strict=True)) / len(records),
             "tokens": sum(len(g.ids) for g in outs) / len(outs), "n": len(records),
             "examples": [[r["input"][-60:], g.text[-80:]] for r, g in zip(records[:3], outs[:3], strict=True)]}

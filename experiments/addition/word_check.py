@@ -19,15 +19,11 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from experiments.addition import task
-from experiments.addition.evaluate import DATA, ROOT, test_sets
+from experiments.addition.evaluate import DATA, ROOT, answers, test_sets
 from internalize.config import ModelConfig
-from internalize.decoding import generate
 from internalize.models import load_model
 from internalize.runtime import Runtime
-from internalize.views import prompt_ids
 
 NUMBER = re.compile(r"\d[\d,]*")
 
@@ -55,21 +51,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     records = test_sets(1, 0, args.word, args.seed, args.digits, args.data)["word"]
     runtime = Runtime.local(ModelConfig().device)
-    results = {"command": "python -m experiments.addition.word_check " + " ".join(
-        [f"--digits {' '.join(map(str, args.digits))}", f"--data {' '.join(map(str, args.data))}",
-         f"--out {args.out}"] + args.models), "seed": args.seed, "digits": args.digits, "word": args.word,
-        "models": {}}
+    command = "python -m experiments.addition.word_check " + " ".join(
+        ([f"--word {args.word}"] if args.word != 300 else []) + ([f"--seed {args.seed}"] if args.seed else [])
+        + [f"--digits {' '.join(map(str, args.digits))}", f"--data {' '.join(map(str, args.data))}",
+           f"--out {args.out}"] + args.models)
+    results = {"command": command, "seed": args.seed, "digits": args.digits, "word": args.word, "models": {}}
     for spec in args.models:
         name, _, path = spec.partition("=")
         model, tokenizer = load_model(ModelConfig(name=path), runtime)
-        prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
-        with torch.inference_mode():
-            outs = [g[0].text for g in generate(model, tokenizer, prompts, 16, args.batch_size, runtime.device,
-                                                desc="word", engine="static")]
+        outs = [g.text for g in answers(model, tokenizer, records, 16, args.batch_size, runtime.device, "static")]
         kinds = [kind(r, o) for r, o in zip(records, outs, strict=True)]
         counts = Counter(kinds)
         results["models"][name] = {
-            "model": path, "counts": {k: counts.get(k, 0) for k in ("exact", "number_with_text", "wrong", "none")},
+            "model": path, "counts": {k: counts[k] for k in ("exact", "number_with_text", "wrong", "none")},
             "exact": counts["exact"] / len(records),
             "number_right": (counts["exact"] + counts["number_with_text"]) / len(records),
             "answers": [{"input": r["input"], "sum": r["a"] + r["b"], "answer": o, "kind": k}
