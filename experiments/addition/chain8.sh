@@ -25,7 +25,7 @@ status start
 
 # 1. The scratch-pad teacher: SmolLM2 fully fine-tuned on 3,200 worked scratch-pads (400 updates). The evaluation
 #    engine changes no answer (tests/test_engine.py), only the time of its dev scoring.
-if [ ! -d "runs/$T/model" ]; then
+if [ ! -d "runs/$T/model" ] && ! { has student && has direct_finetune; }; then  # nothing left needs it: no retraining
     python experiments/run.py addition "$T" experiments/addition/teacher8.yaml eval.engine=static
     land "1-8 digit chain: scratch-pad teacher record" "$R/$T.json" "experiments/addition/runs/$T"
 fi
