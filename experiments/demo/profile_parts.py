@@ -5,6 +5,7 @@ the tokens a stop at the retention answer's first match would save.  python expe
 import json
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +19,9 @@ from internalize.data import read_jsonl
 from internalize.decoding import generate
 from internalize.models import teacher_mode
 from internalize.views import prompt_ids
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from throughput import cpu_flags  # noqa: E402
 
 T = {}
 
@@ -37,7 +41,6 @@ t = tick("model_from_gguf", t)
 cfg = q.config
 if hasattr(cfg, "quantization_config"):
     del cfg.quantization_config
-    del cfg.quantization_config
 plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
 t = tick("from_config", t)
 plain.load_state_dict(q.state_dict())
@@ -51,7 +54,7 @@ tok2 = AutoTokenizer.from_pretrained(d)
 t = tick("tok_reload", t)
 m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
 t = tick("model_reload", t)
-print("same weights", all(torch.equal(a, b) for a, b in zip(q.state_dict().values(), m.state_dict().values(), strict=False)))
+print("same weights", all(torch.equal(a, b) for a, b in zip(q.state_dict().values(), m.state_dict().values(), strict=True)))
 
 ret = read_jsonl(Path(models.__file__).with_name("retention.jsonl"), "r")
 ev = read_jsonl("examples/data/questions_eval.jsonl", "e")
@@ -67,7 +70,7 @@ with teacher_mode(m):
             print(name, engine, bs, T[f"{name}_{engine}_{bs}"], "tokens", sum(lens), flush=True)
         if name == "retention":
             first = []
-            for r, x in zip(ret, g, strict=False):
+            for r, x in zip(ret, g, strict=True):
                 ids = list(x[0].ids)
                 k = None
                 for j in range(1, len(ids) + 1):
@@ -85,4 +88,12 @@ with teacher_mode(m):
             }
             print(out["retention"], flush=True)
         out[name + "_tokens"] = sum(lens)
-json.dump({"timings": T, **out}, open("experiments/demo/results/profile_parts.json", "w"), indent=1)
+record = {
+    "command": "python experiments/demo/profile_parts.py",
+    "torch": torch.__version__,
+    "cores": os.cpu_count(),
+    "cpu_flags": cpu_flags(),
+    "timings": T,
+    **out,
+}
+json.dump(record, open("experiments/demo/results/profile_parts.json", "w"), indent=1)
