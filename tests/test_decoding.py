@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import TINY_INPUTS, perturb_lora
@@ -20,6 +22,7 @@ from internalize.decoding import (
     common_prefix_length,
     generate,
     mean_over_contexts,
+    settled,
 )
 from internalize.models import inference_mode, make_student
 from internalize.targets import topk_with_tail
@@ -611,3 +614,26 @@ def test_generate_group_of_identical_prompts_equals_plain_generate(tiny):
     for a, b in zip(plain, grouped, strict=True):
         assert a[0].ids == b[0].ids
         torch.testing.assert_close(a[0].logp, b[0].logp, atol=1e-5, rtol=1e-5)
+
+
+# --- settled: a match that no continuation can take away ------------------------------------------------------
+
+
+def test_settled_is_a_match_that_no_continuation_can_undo():
+    key = re.compile(r"\bParis\b", re.IGNORECASE)
+    assert settled(key, "It is paris, of course")
+    assert not settled(key, "It is Paris")  # "Parisian" may follow
+    assert not settled(key, "It is Parisian") and not settled(key, "It is Par")
+    assert not settled(re.compile("Paris$"), "Paris is")  # an end anchor: more text undoes it
+    assert not settled(re.compile(r"Paris\Z"), "Paris is")
+    assert not settled(re.compile("Paris(?= is)"), "Paris is")  # a lookahead may look past the text
+    assert not settled(re.compile("Paris(?! is)"), "Paris i")
+    assert settled(re.compile("(?<=is )Paris"), "is Paris.")  # a lookbehind only looks back
+    assert not settled(re.compile(r"caf\b"), "caf\ufffd")  # the bytes of an "é" are still coming
+    assert settled(re.compile("Paris"), "Paris.")
+    assert not settled(re.compile("Paris"), "Paris.", strings=(". Q",))  # a stop string may be starting at the "."
+    assert settled(re.compile("Paris"), "Paris..", strings=(". Q",))  # it would cut after the match's next character
+    for text in ("Paris. Q", "Paris is"):  # what a settled match says: the whole answer, however it goes on, matches
+        for cut in range(len(text) + 1):
+            if settled(re.compile("Paris", re.I), text[:cut], strings=(". Q",)):
+                assert re.search("Paris", text.split(". Q")[0])

@@ -4,6 +4,7 @@ cache written in place, finished rows refilled from waiting prompts, and the mod
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -273,3 +274,22 @@ def test_prefix_attention_is_one_softmax_over_prefix_and_row(window, softcap):
     seen = (position <= (P + slots)[:, None, :, None]) & ((P + slots)[:, None, :, None] - position < (window or P + S + 1))
     expected = torch.softmax(scores.masked_fill(~seen, float("-inf")), -1) @ values
     torch.testing.assert_close(out, expected.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("engine_name", ["static", "dynamic"])
+def test_until_cuts_an_answer_once_its_key_is_settled_and_keeps_whether_it_matches(tiny, engine_name):
+    student, tok = _student(tiny)
+    prompts = _prompts(tok)
+    with inference_mode(student):
+        full = generate(student, tok, prompts, max_new_tokens=12, batch_size=3, device=CPU, engine=engine_name)
+        # per input a key its answer holds near the start, near the end, or not at all
+        keys = [re.compile(re.escape(g[0].text[:2]) if i % 3 == 0 else re.escape(g[0].text[-2:]) if i % 3 == 1
+                           else "no such answer") for i, g in enumerate(full)]
+        short = generate(student, tok, prompts, max_new_tokens=12, batch_size=3, device=CPU, engine=engine_name,
+                         until=keys)
+    assert sum(len(g[0].text) > 3 for g in full[::3]) >= 2  # keys found early: these answers have room to be cut
+    for key, (f,), (s,) in zip(keys, full, short, strict=True):
+        assert f.ids[: len(s.ids)] == s.ids  # the same answer, cut
+        assert (key.search(s.text) is None) == (key.search(f.text) is None)
+    assert sum(len(g[0].ids) for g in short) < sum(len(g[0].ids) for g in full)
+    assert [g[0].ids for g in short[2::3]] == [g[0].ids for g in full[2::3]]  # never found: never cut

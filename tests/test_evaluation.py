@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import TINY_ANSWER, TINY_INPUTS
 
+from internalize import evaluation
 from internalize.behaviours import load_scorer
 from internalize.config import BehaviourConfig, EvalConfig, ModelConfig, PromptConfig, TeacherConfig
 from internalize.decoding import collate, generate
@@ -171,3 +174,33 @@ def test_evaluation_generates_with_the_engine_it_is_given_and_answers_the_same(t
     assert engines == ["dynamic", "dynamic", "static"]  # '' alone (no run config to follow): today's loop
     assert results["static"].outputs == results["dynamic"].outputs == results[""].outputs
     assert results["static"].metrics == pytest.approx(results["dynamic"].metrics, abs=1e-5)
+
+
+# --- retention -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ["static", "dynamic"])
+def test_retention_cuts_answers_at_their_key_with_the_score_of_whole_answers(tiny, monkeypatch, engine):
+    model, tok = tiny
+    cfg = EvalConfig(max_new_tokens=12, batch_size=3, engine=engine)
+    prompts = [prompt_ids(tok, x) for x in TINY_INPUTS]
+    with teacher_mode(model):
+        whole = [g[0].text for g in generate(model, tok, prompts, 12, 3, "cpu", engine=engine)]
+    # keys found at the start of an answer, at its end, not at all (and one a regex, case-insensitive)
+    keys = [re.escape(t[:2]) if i % 3 == 0 else re.escape(t[-2:]) if i % 3 == 1 else "no such answer"
+            for i, t in enumerate(whole)]
+    keys[0] = re.escape(whole[0][:2].swapcase()) + ".?"
+    records = [{"input": x, "answer": k} for x, k in zip(TINY_INPUTS, keys, strict=True)]
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(generate(*args, **kwargs))
+        return seen[-1]
+
+    monkeypatch.setattr(evaluation, "generate", spy)
+    score = evaluation.retention(model, tok, records, cfg, CPU, original=True)
+    assert score == pytest.approx(sum(re.search(k, t, re.IGNORECASE) is not None
+                                      for k, t in zip(keys, whole, strict=True)) / len(keys))
+    assert 0 < score < 1
+    cut = [g[0].text for g in seen[0]]
+    assert all(w.startswith(c) for c, w in zip(cut, whole, strict=True)) and sum(map(len, cut)) < sum(map(len, whole))

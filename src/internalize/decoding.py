@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -252,6 +253,31 @@ def answer_text(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stops: S
     return text.strip(), end is not None
 
 
+_OPEN_ENDED = re.compile(r"\$|\\[Zz]|\(\?[=!]")  # an end anchor or a lookahead: a later character can undo a match
+
+
+def settled(pattern: re.Pattern[str], text: str, strings: Sequence[str] = ()) -> bool:
+    """Whether answer ``text`` (so far, as ``answer_text`` gives it) holds a match of ``pattern`` that no
+    continuation can take away, so that generating further cannot change whether the answer matches.
+
+    The match must end before the text's last character (which settles a ``\\b`` after it; trailing
+    ``\\ufffd`` is a character whose bytes are still coming) and before any stop string that may be starting
+    at the end (it would cut the answer there). Never for a pattern with an end anchor or a lookahead."""
+    if _OPEN_ENDED.search(pattern.pattern):
+        return False
+    text = text.rstrip("\ufffd")
+    end = min([len(text)] + [len(text) - k for s in strings for k in range(1, len(s)) if text.endswith(s[:k])])
+    return any(m.end() < end for m in pattern.finditer(text))
+
+
+def ends_here(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], stops: Sequence[int], strings: Sequence[str],
+              until: re.Pattern[str] | None) -> bool:
+    """Whether an answer with no stop token yet ends at ``ids``: its text holds a stop string, or a ``settled``
+    match of ``until``."""
+    text, ended = answer_text(tokenizer, ids, stops, strings)
+    return ended or (until is not None and settled(until, text, strings))
+
+
 def stop_strings(model: PreTrainedModel) -> tuple[str, ...]:
     """The strings that end an answer (``model.stop_strings``, kept in the model's generation config)."""
     config = getattr(model, "generation_config", None)
@@ -285,7 +311,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
              group: int = 1, desc: str = "generate", share_prefix: bool = True, progress: bool = True,
-             engine: str = "dynamic", routes: Sequence[int] | None = None) -> list[list[Generation]]:
+             engine: str = "dynamic", routes: Sequence[int] | None = None,
+             until: Sequence[re.Pattern[str] | None] | None = None) -> list[list[Generation]]:
     """Generate ``num_samples`` continuations per prompt (ids) with the model on ``device``. Call under
     ``teacher_mode`` or ``inference_mode``.
 
@@ -301,6 +328,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
     the token chosen from it, and there is one result per run (``batch_size`` counts runs).
     ``routes`` (``group`` 1): the context each prompt shows (a routed teacher's: input i, context i mod n), so the
     engine runs each context once; the answers do not depend on it, and the dynamic loop ignores it.
+    ``until`` (one per input, or None): a pattern whose ``settled`` match ends that input's answer early, as a stop
+    string would (``finished`` False): for a check that only asks whether the answer matches (``retention``).
     With a sliding window shorter than prompt plus ``max_new_tokens``, the prefix is shared only when every batch
     holds one prompt (padding after a cached prefix would fall inside the window).
     """
@@ -310,7 +339,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
 
     if engine == "static" and static.supported(model):
         return static.generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, do_sample, temperature,
-                               top_p, num_samples, distributions, group, desc, share_prefix, progress, routes)
+                               top_p, num_samples, distributions, group, desc, share_prefix, progress, routes, until)
     stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id
     stop = torch.tensor(stops, device=device)
     if share_prefix and prompts and (batch_size > 1 or group > 1):
@@ -339,8 +368,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
                 if kept is not None:
                     dists[row].append((kept[0][r].cpu(), None if kept[1] is None else kept[1][r].cpu()))
             going = (~torch.isin(chosen, stop)).nonzero().squeeze(1)
-            if strings:  # rows whose text now holds a stop string finish too
-                open_ = [not answer_text(tokenizer, tokens[row], stops, strings)[1] for row in active[going].tolist()]
+            if strings or until is not None:  # rows whose text now holds a stop string (or ``until``) finish too
+                open_ = [not ends_here(tokenizer, tokens[row], stops, strings, until and until[rows[row]])
+                         for row in active[going].tolist()]
                 going = going[torch.tensor(open_, dtype=torch.bool, device=going.device)]
             if step == max_new_tokens - 1 or len(going) == 0:
                 break

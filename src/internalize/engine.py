@@ -27,6 +27,7 @@ log-probs to float tolerance (``tests/test_engine.py``, on the tiny families and
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AttentionInterface, DynamicCache, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from .decoding import Generation, Prefix, answer_text, choose_token, mean_over_contexts, stop_strings
+from .decoding import Generation, Prefix, answer_text, choose_token, ends_here, mean_over_contexts, stop_strings
 from .targets import topk_with_tail
 from .views import stop_ids
 
@@ -322,7 +323,8 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
              max_new_tokens: int, batch_size: int, device: torch.device | str, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, num_samples: int = 1, distributions: int | None = None,
              group: int = 1, desc: str = "generate", share_prefix: bool = True, progress: bool = True,
-             routes: Sequence[int] | None = None) -> list[list[Generation]]:
+             routes: Sequence[int] | None = None, until: Sequence[re.Pattern[str] | None] | None = None,
+             ) -> list[list[Generation]]:
     """``decoding.generate``'s contract (see there), run by this engine: ``batch_size`` inputs (times
     ``num_samples``, each with ``group`` context rows) decode at once, and a finished one's rows take the next
     waiting input at the next step. Inputs are taken shortest prompt first (measured a little faster on the main
@@ -387,8 +389,9 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
             for u, finished in zip(units, done, strict=True):
                 count[u] += 1
                 finished = finished or count[u] == max_new_tokens
-                if strings and not finished:  # its tokens only: distributions move once, when it finishes
-                    finished = answer_text(tokenizer, kept.tokens[u, : count[u]].tolist(), stops, strings)[1]
+                if (strings or until is not None) and not finished:  # distributions move once, when it finishes
+                    finished = ends_here(tokenizer, kept.tokens[u, : count[u]].tolist(), stops, strings,
+                                         until and until[holder[u]])
                 if finished:
                     ids, logp_u, top_u = kept.take(u, count[u])
                     text, ended = answer_text(tokenizer, ids, stops, strings)
