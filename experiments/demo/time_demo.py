@@ -14,13 +14,15 @@ import re
 import subprocess
 from pathlib import Path
 
+MAKE_DEMO = "(export INTERNALIZE_CACHE=$(mktemp -d); /usr/bin/time -v make demo)   # empty caches"
 
-def record(text: str, what: str, commit: str) -> dict:
+
+def record(text: str, what: str, commit: str, command: str = MAKE_DEMO) -> dict:
     stages = {m[1]: float(m[2]) for m in re.finditer(r"internalize\.run: (\w+) took ([0-9.]+) s", text)}
     clock = [float(x) for x in re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", text)[1].split(":")]
     wall = sum(x * 60**i for i, x in enumerate(reversed(clock)))
     flags = Path("/proc/cpuinfo").read_text().split("flags\t\t: ")[1].split("\n")[0].split()
-    return {"command": "(export INTERNALIZE_CACHE=$(mktemp -d); /usr/bin/time -v make demo)   # empty caches",
+    return {"command": command,
             "what": what, "commit": commit, "wall_s": round(wall, 1),
             "user_s": float(re.search(r"User time \(seconds\): ([0-9.]+)", text)[1]),
             "machine": "2 cores, torch 2.13.0+cpu",
@@ -35,10 +37,11 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("what")
     parser.add_argument("--commit", default="", help="the commit timed (default: HEAD)")
+    parser.add_argument("--command", default=MAKE_DEMO, help="the command timed (default: make demo, empty caches)")
     args = parser.parse_args()
     commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                                            text=True).stdout.strip()
-    rec = record(args.log.read_text(errors="replace"), args.what, commit)
+    rec = record(args.log.read_text(errors="replace"), args.what, commit, args.command)
     args.out.write_text(json.dumps(rec, indent=2) + "\n")
     print(json.dumps(rec))
 
