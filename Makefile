@@ -1,5 +1,5 @@
 # Two commands on a fresh machine:
-#   make demo   set up .venv, then distill examples/over.yaml into runs/over (SmolLM2-135M, about 3 minutes on 2 cores)
+#   make demo   set up .venv, then distill examples/over.yaml into runs/over (SmolLM2-135M, 2.5-4.5 minutes on 2 cores, by CPU)
 #   make test   set up .venv, then run the test suite (tiny models offline, plus a short SmolLM2 smoke test)
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -339,7 +339,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts
 
     if engine == "static" and static.supported(model):
         return static.generate(model, tokenizer, prompts, max_new_tokens, batch_size, device, do_sample, temperature,
-                               top_p, num_samples, distributions, group, desc, share_prefix, progress, routes, until)
+                               top_p, num_samples, distributions, group, desc, share_prefix, progress, routes, until=until)
     stops, strings, pad = stop_ids(tokenizer), stop_strings(model), tokenizer.pad_token_id
     stop = torch.tensor(stops, device=device)
     if share_prefix and prompts and (batch_size > 1 or group > 1):
