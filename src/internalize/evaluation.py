@@ -117,8 +117,8 @@ def retention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record
               runtime: Runtime, original: bool = False) -> float:
     """The share of the retention questions the model answers right (each record's ``answer`` regex found in the
     greedy answer, case-insensitive), with no context; ``original``: the frozen initial weights (LoRA adapters
-    off), else the weights as they are. Each answer stops once its key's match is ``settled`` (the same score as
-    generating on: 36% fewer tokens on the demo's 120 questions)."""
+    off), else the weights as they are. Each answer stops once its key's match is ``settled``: the same score as
+    whole answers, from a third fewer tokens on the 120 packaged questions (experiments/demo/README.md)."""
     mode = teacher_mode if original else inference_mode
     with mode(model):
         mine = runtime.split(records)
