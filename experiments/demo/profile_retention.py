@@ -1,5 +1,6 @@
 """The retention check's generations (diagnostic): the original SmolLM2 on the 120 packaged questions, each engine
-with and without ``until`` (an answer stops once its key's match is settled), seconds, tokens and score.
+with and without ``until`` (an answer stops once its key's match is settled), seconds, tokens and score; every arm
+twice, in turns.
     python experiments/demo/profile_retention.py"""
 
 import json
@@ -28,13 +29,13 @@ prompts = [prompt_ids(tok, r["input"]) for r in records]
 keys = [re.compile(r["answer"], re.IGNORECASE) for r in records]
 arms = []
 with teacher_mode(model):
-    for engine, batch, cut in ARMS:
+    for run, (engine, batch, cut) in [(run, arm) for run in (1, 2) for arm in ARMS]:  # all arms, then all again
         t = time.perf_counter()
         out = generate(model, tok, prompts, 64, batch, "cpu", engine=engine, progress=False,
                        until=keys if cut else None)
         seconds = time.perf_counter() - t
         right = sum(k.search(g[0].text) is not None for k, g in zip(keys, out, strict=True))
-        arms.append({"engine": engine, "batch_size": batch, "until": cut, "seconds": round(seconds, 2),
+        arms.append({"run": run, "engine": engine, "batch_size": batch, "until": cut, "seconds": round(seconds, 2),
                      "tokens": sum(len(g[0].ids) for g in out), "right": right, "n": len(records)})
         print(arms[-1], flush=True)
 json.dump({"command": "python experiments/demo/profile_retention.py", "torch": torch.__version__,
