@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
 
 import pytest
@@ -204,3 +206,37 @@ def test_retention_cuts_answers_at_their_key_with_the_score_of_whole_answers(tin
     assert 0 < score < 1
     cut = [g[0].text for g in seen[0]]
     assert all(w.startswith(c) for c, w in zip(cut, whole, strict=True)) and sum(map(len, cut)) < sum(map(len, whole))
+
+
+def test_the_original_models_retention_score_is_cached_by_its_weights_prompts_and_keys(tiny, tmp_path, monkeypatch,
+                                                                                     caplog):
+    model, tok = tiny
+    records = [{"input": x, "answer": k} for x, k in zip(TINY_INPUTS, "aeiouyo kay", strict=False)]
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(len(args[2]))
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "generate", spy)
+    uncached = evaluation.retention(model, tok, records, EVAL, CPU, original=True)
+    first = evaluation.retention(model, tok, records, EVAL, CPU, original=True, cache_dir=tmp_path)
+    assert first == uncached and len(calls) == 2 and len(list((tmp_path / "scores").glob("*.json"))) == 1
+    with caplog.at_level(logging.INFO, logger="internalize.evaluation"):
+        assert evaluation.retention(model, tok, records, EVAL, CPU, original=True, cache_dir=tmp_path) == first
+    assert len(calls) == 2 and "read from the cache" in caplog.text  # no generation: the cached score
+    # other keys, another answer length, other weights, or weights as they are (adapters may be active): computed
+    other = [{"input": r["input"], "answer": "zz"} for r in records]
+    assert evaluation.retention(model, tok, other, EVAL, CPU, original=True, cache_dir=tmp_path) == 0.0
+    longer = dataclasses.replace(EVAL, max_new_tokens=EVAL.max_new_tokens + 1)
+    evaluation.retention(model, tok, records, longer, CPU, original=True, cache_dir=tmp_path)
+    evaluation.retention(model, tok, records, EVAL, CPU, cache_dir=tmp_path)
+    assert len(calls) == 5
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)
+    evaluation.retention(model, tok, records, EVAL, CPU, original=True, cache_dir=tmp_path)
+    assert len(calls) == 6 and len(list((tmp_path / "scores").glob("*.json"))) == 4
+    for path in (tmp_path / "scores").glob("*.json"):  # a damaged cache is computed again, never used
+        path.write_text("{not json")
+    assert evaluation.retention(model, tok, records, EVAL, CPU, original=True, cache_dir=tmp_path) is not None
+    assert len(calls) == 7

@@ -12,6 +12,9 @@ reported and recomputed, never used; a cache from another model or context has a
     key = cache_key(model, prompts, records, cfg)
     targets = load(directory, key)          # None when absent or corrupt
     save(directory, key, targets)
+
+The original model's retention score (``evaluation.retention``) is kept beside them, in ``scores/<key>.json``
+(``score_key``, ``load_score``, ``save_score``), keyed by the same weights fingerprint.
 """
 
 from __future__ import annotations
@@ -155,3 +158,38 @@ def load(directory: str | Path, key: str) -> Targets | None:
         answers=manifest["answers"], teacher_views=views["teacher_views"], student_views=views["student_views"],
         logp=logp, ids=ids if manifest["topk"] else None, dropped=manifest["dropped"],
     )
+
+
+def score_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], keys: list[str], max_new_tokens: int,
+              eos_id: int, strings: tuple[str, ...]) -> str:
+    """The key of the original model's retention score: its frozen weights, the prompt ids, the answer keys and
+    what ends an answer (length, end-of-turn token, stop strings). Call only for weights with no adapter active."""
+    parts = {"kind": "retention", "format": FORMAT, "weights": weights_fingerprint(model), "eos": eos_id,
+             "max_new_tokens": max_new_tokens, "stop_strings": list(strings),
+             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
+             "keys": hashlib.sha256(json.dumps(keys).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load_score(directory: str | Path, key: str) -> float | None:
+    """The cached score for ``key`` (``directory/scores/key.json``); None when absent or unreadable (logged)."""
+    where = Path(directory).expanduser() / "scores" / f"{key}.json"
+    if not where.exists():
+        return None
+    try:
+        record = json.loads(where.read_text())
+        if record.get("key") != key or not isinstance(record.get("score"), float | int):
+            raise ValueError("written for another key, or without a score")
+    except (OSError, ValueError) as e:
+        log.warning("ignoring the cached score in %s (%s); computing it again", where, e)
+        return None
+    return float(record["score"])
+
+
+def save_score(directory: str | Path, key: str, score: float) -> None:
+    """Write ``score`` for ``key`` atomically."""
+    where = Path(directory).expanduser() / "scores" / f"{key}.json"
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = where.with_name(f"{key}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "score": score}))
+    os.replace(tmp, where)

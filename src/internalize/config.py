@@ -316,8 +316,9 @@ class TeacherConfig(_Section):
         "after the given scratch-pad (e.g. another session's scratch-pads, or a faster server's). Inputs not in "
         "the file are generated as usual ('' = none).", default="")
     cache_dir: str = _help(
-        "Where teacher answers and distributions are stored and reused when the model, context, inputs and "
-        "teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default ~/.cache/internalize/teacher; '' = off).",
+        "Where teacher answers and distributions (and the original model's retention score) are stored and reused "
+        "when the model, context, inputs and teacher settings match ('auto': $INTERNALIZE_CACHE/teacher, default "
+        "~/.cache/internalize/teacher; '' = off).",
         default="auto",
     )
 

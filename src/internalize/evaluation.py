@@ -23,22 +23,27 @@ about: the student against the original model's own answers.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import cache
 from .behaviours import Behaviour, Scorer
 from .config import CONDITIONS, EvalConfig
 from .data import Record
-from .decoding import Prefix, answer_logits, batches, generate
+from .decoding import Prefix, answer_logits, batches, generate, stop_strings
 from .losses import forward_kl, to_classes
 from .models import inference_mode, teacher_mode
 from .runtime import Runtime
 from .targets import Reference, Targets
 from .views import prompt_ids
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -114,21 +119,34 @@ def evaluate_behaviours(models: dict[str, PreTrainedModel], tokenizer: PreTraine
 
 
 def retention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: list[Record], cfg: EvalConfig,
-              runtime: Runtime, original: bool = False) -> float:
+              runtime: Runtime, original: bool = False, cache_dir: Path | None = None) -> float:
     """The share of the retention questions the model answers right (each record's ``answer`` regex found in the
     greedy answer, case-insensitive), with no context; ``original``: the frozen initial weights (LoRA adapters
     off), else the weights as they are. Each answer stops once its key's match is ``settled``: the same score as
-    whole answers, from a third fewer tokens on the 120 packaged questions (experiments/demo/README.md)."""
+    whole answers, from a third fewer tokens on the 120 packaged questions (experiments/demo/README.md).
+    ``cache_dir`` (the teacher cache) with ``original``: the score is read from, or written to, the cache, keyed by
+    the weights, prompts, keys and answer length, so later runs from the same model skip these generations."""
     mode = teacher_mode if original else inference_mode
     with mode(model):
+        key = None
+        if original and cache_dir is not None:
+            prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
+            key = cache.score_key(model, prompts, [r["answer"] for r in records], cfg.max_new_tokens,
+                                  tokenizer.eos_token_id, stop_strings(model))
+            if (score := cache.load_score(cache_dir, key)) is not None:
+                log.info("retention: the original model's score %.3f read from the cache %s", score, cache_dir)
+                return score
         mine = runtime.split(records)
         prompts = [prompt_ids(tokenizer, r["input"]) for r in mine]
         keys = [re.compile(r["answer"], re.IGNORECASE) for r in mine]  # an answer ends once its key's match is settled
         generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
                                desc="retention", engine=cfg.engine or "dynamic", until=keys) if prompts else []
         outputs = runtime.gather_objects([samples[0].text for samples in generations])
-    return _mean([float(re.search(r["answer"], out, re.IGNORECASE) is not None)
-                  for r, out in zip(records, outputs, strict=True)])
+    score = _mean([float(re.search(r["answer"], out, re.IGNORECASE) is not None)
+                   for r, out in zip(records, outputs, strict=True)])
+    if key is not None and runtime.is_main:  # one writer: the score gathered from every process
+        cache.save_score(cache_dir, key, score)
+    return score
 
 
 def metrics_of(results: dict[str, dict[str, ConditionResult]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -231,7 +231,8 @@ def distill(cfg: Config) -> dict[str, Any]:
         with run.stage("eval_before"):
             results = _before(model, tokenizer, behaviours, references, cfg, runtime)
             if questions:  # the original model's score on the retention questions
-                before = retention(model, tokenizer, questions, cfg.eval, runtime, original=True)
+                before = retention(model, tokenizer, questions, cfg.eval, runtime, original=True,
+                                   cache_dir=cache_dir(cfg.teacher))
         with run.stage("train"):
             batches, weights = _source(model, tokenizer, targets, behaviours, taught, rehearsal, cfg, runtime)
 
@@ -354,7 +355,8 @@ def evaluate_artifact(cfg: Config, student: str) -> dict[str, Any]:
                 info["forgetting"] = forgetting(student_model, tokenizer, neutral, original, cfg.eval, runtime)
         if questions:
             with run.stage("retention"):
-                info["retention"] = _retained(retention(model, tokenizer, questions, cfg.eval, runtime),
+                info["retention"] = _retained(retention(model, tokenizer, questions, cfg.eval, runtime, original=True,
+                                                        cache_dir=cache_dir(cfg.teacher)),
                                               retention(student_model, tokenizer, questions, cfg.eval, runtime),
                                               len(questions))
         metrics = write_report(run.dir, results, behaviours, [], info, cfg)
