@@ -128,19 +128,19 @@ def retention(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, record
     the weights, prompts, keys and answer length, so later runs from the same model skip these generations."""
     mode = teacher_mode if original else inference_mode
     with mode(model):
+        prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
         key = None
         if original and cache_dir is not None:
-            prompts = [prompt_ids(tokenizer, r["input"]) for r in records]
             key = cache.score_key(model, prompts, [r["answer"] for r in records], cfg.max_new_tokens,
                                   tokenizer.eos_token_id, stop_strings(model))
             if (score := cache.load_score(cache_dir, key)) is not None:
                 log.info("retention: the original model's score %.3f read from the cache %s", score, cache_dir)
                 return score
-        mine = runtime.split(records)
-        prompts = [prompt_ids(tokenizer, r["input"]) for r in mine]
-        keys = [re.compile(r["answer"], re.IGNORECASE) for r in mine]  # an answer ends once its key's match is settled
-        generations = generate(model, tokenizer, prompts, cfg.max_new_tokens, cfg.batch_size, runtime.device,
-                               desc="retention", engine=cfg.engine or "dynamic", until=keys) if prompts else []
+        mine = runtime.split(range(len(records)))  # this process's share
+        keys = [re.compile(records[i]["answer"], re.IGNORECASE) for i in mine]  # an answer ends once its key settles
+        generations = generate(model, tokenizer, [prompts[i] for i in mine], cfg.max_new_tokens, cfg.batch_size,
+                               runtime.device, desc="retention", engine=cfg.engine or "dynamic",
+                               until=keys) if mine else []
         outputs = runtime.gather_objects([samples[0].text for samples in generations])
     score = _mean([float(re.search(r["answer"], out, re.IGNORECASE) is not None)
                    for r, out in zip(records, outputs, strict=True)])
