@@ -75,6 +75,11 @@ def weights_fingerprint(model: PreTrainedModel) -> str:
     return digest.hexdigest()
 
 
+def _digest(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON (keys sorted; anything else as its str)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def cache_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], records: list[dict[str, Any]],
               cfg: TeacherConfig, eos_id: int, given: list[list[str]] | None = None) -> str:
     """The key of a teacher run: weights, prompt ids, inputs, teacher settings and any given generations."""
@@ -83,11 +88,10 @@ def cache_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], records: l
     if cfg.do_sample:
         settings |= {"temperature": cfg.temperature, "top_p": cfg.top_p, "seed": cfg.seed}
     parts = {"format": FORMAT, "weights": weights_fingerprint(model), "eos": eos_id, "settings": settings,
-             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-             "records": hashlib.sha256(json.dumps(records, sort_keys=True, default=str).encode()).hexdigest()}
+             "prompts": _digest(prompts), "records": _digest(records)}
     if given:  # teacher.generations_file: the texts it answered from are part of what it did
-        parts["given"] = hashlib.sha256(json.dumps(given).encode()).hexdigest()
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+        parts["given"] = _digest(given)
+    return _digest(parts)[:32]
 
 
 def _sha256(path: Path) -> str:
@@ -166,9 +170,8 @@ def score_key(model: PreTrainedModel, prompts: list[tuple[int, ...]], keys: list
     what ends an answer (length, end-of-turn token, stop strings). Call only for weights with no adapter active."""
     parts = {"kind": "retention", "format": FORMAT, "weights": weights_fingerprint(model), "eos": eos_id,
              "max_new_tokens": max_new_tokens, "stop_strings": list(strings),
-             "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
-             "keys": hashlib.sha256(json.dumps(keys).encode()).hexdigest()}
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+             "prompts": _digest(prompts), "keys": _digest(keys)}
+    return _digest(parts)[:32]
 
 
 def load_score(directory: str | Path, key: str) -> float | None:
